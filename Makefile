@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install what they need.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/vital demo --out out/demo
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/step_time.py
+	$(BIN)/python bench/quality_class.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

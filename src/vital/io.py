@@ -1,0 +1,128 @@
+"""Writing results: PNGs (SPEC's truncating uint8 conversion), RGBA transparency images, JSON run records,
+and contact sheets of visualizations beside their references."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from vital.errors import VitalError
+
+
+def ensure_writable(out_dir: str | os.PathLike) -> Path:
+    """Create `out_dir` and check that files can be written there, before any long computation."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise VitalError(f"cannot write to output folder {out} ({e.strerror or e}); choose another --out") from e
+    return out
+
+
+def to_uint8(img01: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0,1] -> (H, W, 3) uint8, truncating like the reference implementation."""
+    return (img01.detach().float().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_png(img01: torch.Tensor, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(to_uint8(img01)).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def transparency_rgba(img01: torch.Tensor, grad_acc: torch.Tensor, image_pct: float = 1.0,
+                      alpha_pct: float = 98.0) -> np.ndarray:
+    """RGBA (H, W, 4) uint8: the de-normalised image clipped to its own [p, 100-p] percentiles and stretched; alpha is
+    the accumulated input-gradient magnitude, clipped at its `alpha_pct` percentile and divided by its max."""
+    rgb = img01.detach().float().cpu()
+    lo, hi = torch.quantile(rgb.flatten(), torch.tensor([image_pct / 100, 1 - image_pct / 100]))
+    rgb = ((rgb.clamp(lo, hi) - lo) / (hi - lo).clamp_min(1e-8)).permute(1, 2, 0)
+    a = grad_acc.detach().float().cpu()
+    cap = torch.quantile(a.flatten(), alpha_pct / 100)
+    a = a.clamp(max=cap.item())
+    a = a / a.max().clamp_min(1e-12)
+    rgba = torch.cat([rgb, a.unsqueeze(-1)], dim=-1)
+    return (rgba * 255).to(torch.uint8).numpy()
+
+
+def save_rgba(rgba: np.ndarray, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(rgba, mode="RGBA").save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(obj: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def versions() -> dict:
+    import torchvision
+
+    from vital import __version__
+
+    return {"vital": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def _thumb(im: Image.Image, size: int) -> Image.Image:
+    im = im.convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return im.resize((size, size), Image.BICUBIC)
+
+
+def checkerboard(size: int, cell: int = 8) -> Image.Image:
+    yy, xx = np.mgrid[:size, :size]
+    board = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 200, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([board] * 3, -1))
+
+
+def contact_sheet(rows: Sequence[tuple[str, Image.Image, Image.Image | None, Sequence[Image.Image]]],
+                  path: str | os.PathLike, thumb: int = 160, max_refs: int = 6) -> Path:
+    """One row per target: label, visualization, transparency (over a checkerboard), then references."""
+    pad, label_h = 6, 18
+    cols = 2 + max_refs
+    sheet = Image.new("RGB", (pad + cols * (thumb + pad), len(rows) * (thumb + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, vis, rgba, refs) in enumerate(rows):
+        y = pad + r * (thumb + label_h + pad)
+        draw.text((pad, y), label, fill="black")
+        y += label_h
+        cells: list[Image.Image] = [_thumb(vis, thumb)]
+        if rgba is not None:
+            board = checkerboard(thumb)
+            board.paste(rgba.convert("RGBA").resize((thumb, thumb), Image.BICUBIC),
+                        (0, 0), rgba.convert("RGBA").resize((thumb, thumb), Image.BICUBIC))
+            cells.append(board)
+        else:
+            cells.append(Image.new("RGB", (thumb, thumb), "white"))
+        cells += [_thumb(im, thumb) for im in list(refs)[:max_refs]]
+        for c, im in enumerate(cells):
+            sheet.paste(im, (pad + c * (thumb + pad), y))
+    path = Path(path)
+    sheet.save(path)
+    return path

@@ -1,0 +1,166 @@
+"""The one optimisation loop every method runs: stages, Adam with warmup + cosine, jitter/flip/augmentation,
+priors, clipping (by the parameterization), a NaN guard, the transparency map and a progress bar.
+
+A method supplies an `Objective` (per-sample loss of the image batch the network sees) and a `Parameterization`;
+the loop supplies everything else, so every method shares one schedule, one seed discipline and one output format.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vital.errors import VitalError
+from vital.objectives.priors import l2_norm, tv_l1, tv_l2
+from vital.params.base import Parameterization
+
+
+@dataclass(frozen=True)
+class Stage:
+    """`steps` iterations with the network seeing AvgPool2d(downsample) of the image."""
+
+    steps: int
+    downsample: int = 1
+
+
+@dataclass
+class LoopSettings:
+    stages: list[Stage]
+    lr: float = 1.0
+    betas: tuple[float, float] = (0.5, 0.9)
+    eps: float = 1e-8
+    warmup: int = 100
+    jitter: int = 30
+    flip: bool = False
+    tv_l2: float = 0.0
+    tv_l1: float = 0.0
+    l2: float = 0.0
+    seed: int = 0
+    progress: bool = True
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("progress")
+        return d
+
+
+SETTING_DEFAULT_STEPS = {0: 2000, 1: 2000, 2: 20000}
+
+
+def setting(setting_id: int, steps: int | None = None) -> dict:
+    """Stages, Adam betas and clipping of SPEC section 1's settings. `steps` overrides the length: for setting 0 it
+    is the low-resolution stage, followed by half as many full-resolution steps (2000 + 1000 by default)."""
+    if setting_id not in SETTING_DEFAULT_STEPS:
+        raise VitalError(f"setting must be 0, 1 or 2, got {setting_id}")
+    n = steps or SETTING_DEFAULT_STEPS[setting_id]
+    if n < 1:
+        raise VitalError(f"steps must be at least 1, got {n}")
+    if setting_id == 0:
+        return {"stages": [Stage(n, 2), Stage(max(1, n // 2), 1)], "betas": (0.5, 0.9), "clip": True}
+    if setting_id == 1:
+        return {"stages": [Stage(n, 1)], "betas": (0.5, 0.9), "clip": True}
+    return {"stages": [Stage(n, 1)], "betas": (0.9, 0.999), "clip": False}
+
+
+def lr_at(t: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to 0 over the rest of the stage."""
+    if t < warmup:
+        return lr * (t + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * (t - warmup) / span)) * lr
+
+
+class Objective(Protocol):
+    """Per-sample loss of the image batch the network sees. `prepare` does the reference-side work for a
+    resolution once (under no_grad) before the steps of a stage run."""
+
+    def prepare(self, downsample: int) -> None: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def state(self) -> dict: ...
+
+
+@dataclass
+class Trace:
+    """What the loop produces: final image in input space, transparency accumulator, per-step losses."""
+
+    image: torch.Tensor  # (B, 3, H, W), model input space
+    grad_accumulator: torch.Tensor  # (B, H, W): sum over steps of the channel-mean |dL/d image|
+    history: torch.Tensor  # (steps, B)
+    seconds: float
+    step_seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def optimize(param: Parameterization, objective: Objective, settings: LoopSettings, *,
+             augment: Augment | None = None, description: str = "vital") -> Trace:
+    """Run every stage of `settings` on `param` against `objective`. Raises VitalError on a non-finite loss."""
+    gen = torch.Generator().manual_seed(settings.seed + 1)  # the parameterization used `seed` for its init
+    first = param.image().detach()
+    acc = torch.zeros(first.shape[0], *first.shape[2:], device=first.device, dtype=first.dtype)
+    history: list[torch.Tensor] = []
+    bar = tqdm(total=settings.total_steps, desc=description, disable=not settings.progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    step_time = 0.0
+    try:
+        for stage in settings.stages:
+            objective.prepare(stage.downsample)
+            opt = torch.optim.Adam(param.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps)
+            jitter = settings.jitter // stage.downsample
+            t_stage = time.perf_counter()
+            for t in range(stage.steps):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(t, stage.steps, settings.lr, settings.warmup)
+                image = param.image()
+                if not image.is_leaf:
+                    image.retain_grad()
+                x = F.avg_pool2d(image, stage.downsample) if stage.downsample > 1 else image
+                if jitter > 0:
+                    dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+                    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                if settings.flip and torch.rand((), generator=gen) < 0.5:
+                    x = x.flip(3)
+                if augment is not None:
+                    x = augment(x, gen)
+                loss = objective(x)
+                if settings.tv_l2:
+                    loss = loss + settings.tv_l2 * tv_l2(x)
+                if settings.tv_l1:
+                    loss = loss + settings.tv_l1 * tv_l1(x)
+                if settings.l2:
+                    loss = loss + settings.l2 * l2_norm(x)
+                if not torch.isfinite(loss).all():
+                    raise VitalError(
+                        f"the loss became {loss.detach().cpu().tolist()} at step {len(history)}; lower --lr, raise "
+                        "the priors (--tv-l2, --l2) or check the references (stopped: no image was written)")
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                acc += image.grad.detach().abs().mean(dim=1)
+                opt.step()
+                with torch.no_grad():
+                    param.after_step()
+                history.append(loss.detach())
+                bar.update(1)
+                if t % 10 == 0 or t == stage.steps - 1:
+                    bar.set_postfix(loss=f"{loss.detach().mean().item():.4g}", res=x.shape[-1])
+            step_time += time.perf_counter() - t_stage
+    finally:
+        bar.close()
+    total = time.perf_counter() - start
+    return Trace(param.image().detach(), acc, torch.stack(history).cpu(), total,
+                 step_time / max(1, settings.total_steps))

@@ -1,0 +1,183 @@
+"""Reference image sets: robust loading, ImageNet-style class folders, WordNet ids, seeded sampling.
+
+A `ReferenceSet` is a list of image files (or in-memory images) plus how they were chosen; it is turned into
+tensors with a model's own preprocessing only when a run needs them, at the resolution the run needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vital.errors import VitalError, closest
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+WNID = re.compile(r"^n\d{8}$")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB: grayscale, CMYK, palette and 16-bit are converted; alpha is composited on white."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            return Image.alpha_composite(bg, im).convert("RGB")
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            im = im.point(lambda v: v / 256).convert("L")
+        return im.convert("RGB")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under `folder`, sorted, by extension."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VitalError(f"reference folder {folder} does not exist or is not a folder")
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@dataclass
+class ReferenceSet:
+    """Files (or named in-memory images) to align to, plus a description of how they were chosen."""
+
+    files: list[Path] = field(default_factory=list)
+    images: list[tuple[str, Image.Image]] = field(default_factory=list)
+    source: str = ""
+    requested: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.images)
+
+    def describe(self) -> list[dict]:
+        """File names with SHA-256 hashes, for the run record."""
+        out = [{"file": str(p), "sha256": file_sha256(p)} for p in self.files]
+        for name, im in self.images:
+            out.append({"file": name, "sha256": hashlib.sha256(im.tobytes()).hexdigest()})
+        return out
+
+    def load(self, transform, *, strict_count: int | None = None) -> torch.Tensor:
+        """Apply `transform` (PIL -> tensor) to every readable image; unreadable files are skipped with a warning.
+
+        Returns (N, 3, H, W). No readable image at all is an error."""
+        tensors, bad = [], []
+        for p in self.files:
+            try:
+                tensors.append(transform(load_rgb(p)))
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                bad.append(f"{p.name} ({type(e).__name__})")
+        tensors += [transform(im.convert("RGB")) for _, im in self.images]
+        if bad:
+            warnings.warn(f"skipped {len(bad)} unreadable reference image(s): {', '.join(bad[:5])}"
+                          + (" ..." if len(bad) > 5 else ""), stacklevel=2)
+        if not tensors:
+            raise VitalError(f"none of the {len(self)} reference images in {self.source or 'the set'} could be read; "
+                             "point --refs at a folder of JPEG/PNG images")
+        want = strict_count or self.requested
+        if want and len(tensors) < want:
+            warnings.warn(f"only {len(tensors)} readable reference images for {self.source}, {want} asked for",
+                          stacklevel=2)
+        return torch.stack(tensors)
+
+
+def _sample(files: Sequence[Path], n: int | None, seed: int) -> list[Path]:
+    files = list(files)
+    if n is None or n >= len(files):
+        return files
+    rng = random.Random(seed)
+    return sorted(rng.sample(files, n))
+
+
+def _check_n(n: int | None) -> None:
+    if n is not None and n < 1:
+        raise VitalError(f"number of references must be at least 1, got {n}")
+
+
+def class_folders(root: str | os.PathLike) -> list[Path]:
+    """The class sub-folders of an ImageNet `train/` layout, sorted: index k is the k-th."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VitalError(f"reference folder {root} does not exist")
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def from_class_folder(root: str | os.PathLike, cls: int | str, n: int | None = 50, seed: int = 0) -> ReferenceSet:
+    """References for class `cls` of an ImageNet-style folder: an index into the sorted class folders, or a
+    folder name such as a WordNet id (n01440764). `n` images are sampled with `seed`."""
+    _check_n(n)
+    folders = class_folders(root)
+    if not folders:
+        raise VitalError(f"{root} has no class sub-folders; use a plain image folder with from_folder / --refs-flat")
+    if isinstance(cls, str) and not cls.isdigit():
+        by_name = {p.name: p for p in folders}
+        if cls not in by_name:
+            raise VitalError(f"no class folder '{cls}' in {root}.{closest(cls, by_name)}")
+        folder = by_name[cls]
+    else:
+        k = int(cls)
+        if not 0 <= k < len(folders):
+            raise VitalError(f"class {k} is out of range: {root} has {len(folders)} class folders (0-{len(folders) - 1})")
+        folder = folders[k]
+    files = list_images(folder)
+    if not files:
+        raise VitalError(f"class folder {folder} holds no images")
+    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n)
+
+
+def from_folder(folder: str | os.PathLike, n: int | None = 50, seed: int = 0) -> ReferenceSet:
+    """References from every image under a plain folder (sampled to `n` with `seed`)."""
+    _check_n(n)
+    files = list_images(folder)
+    if not files:
+        raise VitalError(f"reference folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n)
+
+
+def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | None = None,
+               seed: int = 0) -> ReferenceSet:
+    """References from explicit paths, or from a text file listing one path per line (duplicates dropped,
+    order kept, the first `n` taken: the file's order is the ranking)."""
+    _check_n(n)
+    if isinstance(paths, (str, os.PathLike)) and Path(paths).suffix.lower() == ".txt":
+        listing = Path(paths)
+        if not listing.is_file():
+            raise VitalError(f"file list {listing} does not exist")
+        lines = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+        paths = [Path(ln) if Path(ln).is_absolute() else listing.parent / ln for ln in lines]
+        source = str(listing)
+    else:
+        paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        source = "file list"
+    files = list(dict.fromkeys(Path(p) for p in paths))
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        warnings.warn(f"{len(missing)} listed reference file(s) do not exist, e.g. {missing[0]}", stacklevel=2)
+        files = [p for p in files if p.is_file()]
+    if not files:
+        raise VitalError(f"no existing image in {source}")
+    return ReferenceSet(files[:n] if n else files, source=source, requested=n)
+
+
+def from_images(images: Sequence[tuple[str, Image.Image]] | Sequence[Image.Image], source: str = "memory") -> ReferenceSet:
+    """References from PIL images already in memory (named for the run record)."""
+    named = [(im if isinstance(im, tuple) else (f"image{i}", im)) for i, im in enumerate(images)]
+    if not named:
+        raise VitalError("no reference images given")
+    return ReferenceSet(images=list(named), source=source)

@@ -1,0 +1,68 @@
+"""Real photographs that ship with scikit-image, mapped to the ImageNet classes they show: references that exist
+on every machine, for the demo, the integration tests and the quality benchmarks.
+
+With one photograph per class, the reference set is made of `n` seeded random views of it (random resized crops
+and flips), so that per-channel feature distributions are estimated from many positions and scales of the photo.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from PIL import Image
+
+from vital.errors import VitalError
+from vital.references.images import ReferenceSet, load_rgb
+
+# ImageNet class -> scikit-image file. Each photo is the target model's (efficientnet_lite0) top-1 or top-2 class.
+OFFLINE_PHOTOS: dict[int, str] = {
+    282: "chelsea.png",  # tiger cat
+    967: "coffee.png",  # espresso
+    872: "camera.png",  # tripod (grayscale photo)
+    665: "motorcycle_left.png",  # moped
+    657: "rocket.jpg",  # missile
+}
+
+
+def photo_path(name: str) -> str:
+    try:
+        import skimage
+    except ImportError as e:
+        raise VitalError("scikit-image is not installed: pip install scikit-image (it ships the demo photos)") from e
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", name)
+    if not os.path.isfile(path):
+        raise VitalError(f"scikit-image photo {name} is missing at {path}; reinstall scikit-image")
+    return path
+
+
+def views(image: Image.Image, n: int, seed: int = 0, scale: tuple[float, float] = (0.3, 1.0)) -> list[Image.Image]:
+    """`n` seeded random resized crops (aspect 3/4..4/3) with random horizontal flips; the first is the whole photo."""
+    from torchvision.transforms import functional as TF
+
+    gen = torch.Generator().manual_seed(seed)
+    out = [image]
+    w, h = image.size
+    side = min(w, h)
+    while len(out) < n:
+        area = w * h * float(torch.empty(1).uniform_(*scale, generator=gen))
+        ratio = float(torch.empty(1).uniform_(3 / 4, 4 / 3, generator=gen))
+        cw = min(w, max(16, round((area * ratio) ** 0.5)))
+        ch = min(h, max(16, round((area / ratio) ** 0.5)))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        crop = TF.crop(image, top, left, ch, cw).resize((side, side), Image.BICUBIC)
+        if torch.rand(1, generator=gen) < 0.5:
+            crop = TF.hflip(crop)
+        out.append(crop)
+    return out
+
+
+def photo_references(cls: int, n: int = 32, seed: int = 0) -> ReferenceSet:
+    """References for ImageNet class `cls` made of `n` views of its offline photo."""
+    if cls not in OFFLINE_PHOTOS:
+        raise VitalError(f"no offline photo for class {cls}; available: {sorted(OFFLINE_PHOTOS)}")
+    name = OFFLINE_PHOTOS[cls]
+    photo = load_rgb(photo_path(name))
+    imgs = [(f"skimage:{name}#view{i}(seed={seed})", im) for i, im in enumerate(views(photo, n, seed))]
+    return ReferenceSet(images=imgs, source=f"skimage:{name} ({n} views, seed {seed})", requested=n)

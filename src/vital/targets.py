@@ -1,0 +1,74 @@
+"""What to visualise: a class logit, a channel of a layer, or a direction in a layer's channel space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vital.errors import VitalError
+
+
+@dataclass(frozen=True)
+class Class:
+    """Class neuron k. For VITAL the class enters only through its reference images (SPEC section 3)."""
+
+    index: int
+
+    def __str__(self) -> str:
+        return f"class{self.index}"
+
+    def slug(self) -> str:
+        return f"class{self.index:04d}"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Channel `channel` of the layer named by its dotted module path (whole spatial map)."""
+
+    layer: str
+    channel: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.channel}"
+
+    def slug(self) -> str:
+        return f"{self.layer.replace('.', '_')}_ch{self.channel:04d}"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A direction in a layer's channel space (activation objectives only)."""
+
+    layer: str
+    vector: tuple[float, ...]
+
+    def __str__(self) -> str:
+        return f"{self.layer}:direction"
+
+    def slug(self) -> str:
+        return f"{self.layer.replace('.', '_')}_dir"
+
+
+Target = Class | Channel | Direction
+
+
+def parse_channel(spec: str) -> Channel:
+    """'layer4.2:1935' -> Channel('layer4.2', 1935)."""
+    layer, sep, ch = spec.rpartition(":")
+    if not sep or not layer or not ch.strip().isdigit():
+        raise VitalError(f"cannot read '{spec}' as layer:channel (e.g. layer4.2:1935)")
+    return Channel(layer.strip(), int(ch))
+
+
+def parse_range(spec: str) -> list[int]:
+    """'1,5,10-12' -> [1, 5, 10, 11, 12]."""
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError as e:
+            raise VitalError(f"cannot read '{part}' as an index or a range a-b") from e
+    return out

@@ -1,0 +1,152 @@
+"""`vital.visualize`: run a method on one or many targets (one batch) and get a `Result` to save or inspect."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vital.errors import VitalError
+from vital.io import (
+    contact_sheet,
+    ensure_writable,
+    save_png,
+    save_rgba,
+    transparency_rgba,
+    versions,
+    write_json,
+)
+from vital.methods import RunOptions, build_recipe
+from vital.models.zoo import VisionModel, load_model
+from vital.optimize import optimize
+from vital.references.images import ReferenceSet, load_rgb
+from vital.targets import Channel, Class, Target
+
+
+@dataclass
+class Result:
+    """Visualizations of a batch of targets, with everything needed to save, judge and reproduce them."""
+
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    grad_accumulator: torch.Tensor  # (B, H, W)
+    history: torch.Tensor  # (steps, B) per-sample loss
+    targets: list[Target]
+    labels: list[str]
+    references: list[ReferenceSet | None]
+    record: dict = field(default_factory=dict)
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+
+    def transparency(self, i: int):
+        return transparency_rgba(self.images[i], self.grad_accumulator[i])
+
+    def save(self, out_dir: str | os.PathLike, sheet: bool = True) -> dict[str, list[Path]]:
+        """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png`."""
+        out = ensure_writable(out_dir)
+        images, alphas, rows = [], [], []
+        for i, t in enumerate(self.targets):
+            stem = t.slug()
+            images.append(save_png(self.images[i], out / f"{stem}.png"))
+            rgba = self.transparency(i)
+            alphas.append(save_rgba(rgba, out / f"{stem}_transparency.png"))
+            refs = self.references[i]
+            ref_imgs = _reference_thumbnails(refs) if (sheet and refs is not None) else []
+            rows.append((self.labels[i], Image.open(images[-1]), Image.fromarray(rgba, "RGBA"), ref_imgs))
+        record = dict(self.record)
+        record["outputs"] = [{"target": str(t), "image": p.name, "transparency": a.name}
+                             for t, p, a in zip(self.targets, images, alphas, strict=True)]
+        paths = {"images": images, "transparency": alphas, "record": [write_json(record, out / "record.json")]}
+        if sheet:
+            paths["sheet"] = [contact_sheet(rows, out / "contact_sheet.png")]
+        self.paths = paths
+        return paths
+
+
+def _reference_thumbnails(refs: ReferenceSet, n: int = 6) -> list[Image.Image]:
+    out = [im for _, im in refs.images[:n]]
+    for p in refs.files[: n - len(out)]:
+        try:
+            out.append(load_rgb(p))
+        except OSError:
+            continue
+    return out
+
+
+def _as_list(x, n: int | None = None) -> list:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x] * (n or 1)
+
+
+def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
+              references: ReferenceSet | Sequence[ReferenceSet | None] | None = None, *, method: str = "vital",
+              steps: int | None = None, setting: int = 1, seed: int = 0, progress: bool = True,
+              **options) -> Result:
+    """Visualise `targets` (a `Class`, a `Channel`, or a list optimised together as one batch).
+
+    `references`: one `ReferenceSet` for all targets or one per target. Other keyword options are the fields of
+    `RunOptions` (layers, layer_weights, tv_l2, tv_l1, l2, feat_dist, jitter, flip, lr, warmup, relevance, ...)."""
+    if isinstance(model, str):
+        model = load_model(model)
+    targets = _as_list(targets)
+    if not targets:
+        raise VitalError("no targets given")
+    refs = _as_list(references, len(targets))
+    if len(refs) != len(targets):
+        raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
+    for t in targets:
+        _check_target(model, t)
+    unknown = set(options) - set(RunOptions.__dataclass_fields__)
+    if unknown:
+        raise VitalError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(RunOptions.__dataclass_fields__)}")
+    opts = RunOptions(steps=steps, setting=setting, seed=seed, progress=progress, **options)
+    t0 = time.perf_counter()
+    recipe = build_recipe(method, model, targets, refs, opts)
+    prep = time.perf_counter() - t0
+    labels = [_label(model, t) for t in targets]
+    trace = optimize(recipe.param, recipe.objective, recipe.settings, augment=recipe.augment,
+                     description=f"{method} {', '.join(map(str, targets))}"[:60])
+    images = model.denormalize(trace.image).clamp(0, 1).cpu()
+    record = {
+        "method": method,
+        "model": {"name": model.name, "weights": model.weights_id, "mean": model.mean, "std": model.std,
+                  "size": model.size, "resize": model.resize, "interpolation": model.interpolation},
+        "targets": [{"kind": type(t).__name__.lower(), **asdict(t), "label": lab} for t, lab in zip(targets, labels, strict=True)],
+        "options": {k: v for k, v in asdict(opts).items() if k != "progress"},
+        "loop": recipe.settings.as_dict(),
+        "objective": recipe.objective.state(),
+        "parameterization": recipe.param.state(),
+        "recipe": recipe.record,
+        "references": [None if r is None else {"source": r.source, "requested": r.requested, "files": r.describe()}
+                       for r in refs],
+        "seed": seed,
+        "device": str(model.device),
+        "versions": versions(),
+        "timings": {"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3),
+                    "optimise_s": round(trace.seconds, 3), "step_ms": round(1000 * trace.step_seconds, 3)},
+        "final_loss": trace.history[-1].tolist(),
+        "loss_curve": trace.history[:: max(1, len(trace.history) // 100)].mean(dim=1).tolist(),
+    }
+    return Result(images, trace.grad_accumulator.cpu(), trace.history, targets, labels, refs, record)
+
+
+def _check_target(model: VisionModel, t: Target) -> None:
+    if isinstance(t, Class):
+        n = model.num_classes
+        if n is not None and not 0 <= t.index < n:
+            raise VitalError(f"class {t.index} is out of range: {model.name} has {n} classes (0-{n - 1})")
+    elif isinstance(t, Channel):
+        if t.channel < 0:
+            raise VitalError(f"channel must be non-negative, got {t.channel}")
+    else:
+        raise VitalError(f"unsupported target {t!r}: use vital.Class(k) or vital.Channel(layer, c)")
+
+
+def _label(model: VisionModel, t: Target) -> str:
+    if isinstance(t, Class):
+        return f"{t.index}: {model.class_name(t.index)}"
+    return str(t)

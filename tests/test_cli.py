@@ -1,0 +1,62 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vital.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vital.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def class_root(tmp_path):
+    root = tmp_path / "train"
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        (root / f"n0000000{k}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / f"n0000000{k}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["class", "-m", "resnet5", "-c", "1", "--refs", "x", "--out", "{tmp}/o"], "unknown model 'resnet5'"),
+    (["class", "-m", "efficientnet_lite0", "-c", "1", "--refs", "{tmp}/nope", "--out", "{tmp}/o"], "does not exist"),
+    (["class", "-m", "efficientnet_lite0", "-c", "7", "--refs", "{root}", "--out", "{tmp}/o"], "class 7 is out of range"),
+    (["class", "-m", "resnet18", "-c", "1", "--refs", "{root}", "--out", "{tmp}/o"], "--weights none"),
+    (["class", "-m", "efficientnet_lite0", "-c", "1", "--refs", "{root}", "--out", "/proc/forbidden"], "choose another --out"),
+    (["class", "-m", "efficientnet_lite0", "-c", "1", "--refs", "{root}", "--out", "{tmp}/o", "--layers", "_blocks.99"],
+     "no layer '_blocks.99'"),
+    (["layers", "resnet5"], "Closest: resnet50"),
+])
+def test_errors_are_one_line_and_exit_2(args, message, tmp_path, class_root, capsys):
+    args = [a.format(tmp=tmp_path, root=class_root) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_class_command_batches_classes(tmp_path, class_root):
+    out = tmp_path / "run"
+    proc = _run("class", "-m", "efficientnet_lite0", "-c", "0,2", "--refs", str(class_root), "-n", "2",
+                "--steps", "2", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "class0000.png").is_file() and (out / "class0002_transparency.png").is_file()
+    rec = json.loads((out / "record.json").read_text())
+    assert [t["index"] for t in rec["targets"]] == [0, 2] and rec["model"]["weights"].startswith("efficientnet-lite0")
+    assert len(rec["references"][1]["files"]) == 2
+    assert "contact sheet" in proc.stdout
+
+
+def test_layers_and_models(capsys):
+    assert main(["layers", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.1" in out and "(1, 512, 7, 7)" in out
+    assert main(["models"]) == 0
+    assert "efficientnet_lite0  weights on disk: yes" in capsys.readouterr().out
