@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests bench
 
-test: install lint
+# The gallery test opens report.html in Debian's headless Chromium (installed here when missing and we are root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the gallery browser test will be skipped"; }
+
+test: install lint chromium
 	$(BIN)/python -m pytest -q
 
 bench: install

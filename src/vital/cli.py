@@ -8,6 +8,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from vital.errors import VitalError
 
@@ -33,7 +34,7 @@ def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--method", default="vital", help="vital (default)")
+    g.add_argument("--method", default="vital", help="vital (default), maco, fourier, pixel, deepinversion")
     g.add_argument("--steps", type=int, default=None, help="iterations (default per setting: 2000; setting 2: 20000)")
     g.add_argument("--setting", type=int, default=1, choices=(0, 1, 2),
                    help="0: 112px then 224px stages, 1: one 224px stage (default), 2: long run, other Adam betas")
@@ -43,10 +44,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tv-l2", type=float, default=None)
     g.add_argument("--tv-l1", type=float, default=None)
     g.add_argument("--l2", type=float, default=None)
-    g.add_argument("--jitter", type=int, default=30)
-    g.add_argument("--flip", action="store_true")
-    g.add_argument("--lr", type=float, default=1.0)
-    g.add_argument("--warmup", type=int, default=100)
+    g.add_argument("--jitter", type=int, default=None, help="max circular shift in px (VITAL default 30)")
+    g.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (VITAL default 1.0)")
+    g.add_argument("--warmup", type=int, default=None, help="warmup steps (default 100)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -68,22 +69,120 @@ def _run_options(a: argparse.Namespace) -> dict:
 def cmd_class(a: argparse.Namespace) -> int:
     from vital.io import ensure_writable
     from vital.models import load_model
-    from vital.references.images import from_class_folder, from_folder
     from vital.targets import Class, parse_range
     from vital.visualize import visualize
 
     out = ensure_writable(a.out)
     classes = [k for spec in a.classes for k in parse_range(spec)]
     model = load_model(a.model, a.weights, _device(a.device))
-    refs = []
-    for k in classes:
-        if a.refs_flat:
-            refs.append(from_folder(a.refs, n=a.n, seed=a.seed))
-        else:
-            refs.append(from_class_folder(a.refs, k, n=a.n, seed=a.seed))
-    result = visualize(model, [Class(k) for k in classes], refs, method=a.method, **_run_options(a))
+    refs = _class_refs(a, classes)
+    result = visualize(model, [Class(k) for k in classes], [refs[k] for k in classes], method=a.method,
+                       **_run_options(a))
     paths = result.save(out)
     _print_outputs(result, paths)
+    return 0
+
+
+def _class_refs(a: argparse.Namespace, classes: list[int]) -> dict:
+    """References per class: an ImageNet-style folder, one flat folder for all, or `offline` (scikit-image photos)."""
+    from vital.references.images import from_class_folder, from_folder
+    from vital.references.photos import photo_references
+
+    if a.refs == "offline":
+        return {k: photo_references(k, n=min(a.n, 32), seed=a.seed) for k in classes}
+    if a.refs_flat:
+        shared = from_folder(a.refs, n=a.n, seed=a.seed)
+        return {k: shared for k in classes}
+    return {k: from_class_folder(a.refs, k, n=a.n, seed=a.seed) for k in classes}
+
+
+def cmd_neuron(a: argparse.Namespace) -> int:
+    from vital.io import ensure_writable
+    from vital.models import load_model
+    from vital.references.images import from_folder
+    from vital.references.mining import MiningStore
+    from vital.targets import Channel, parse_range
+    from vital.visualize import visualize
+
+    out = ensure_writable(a.out)
+    channels = [c for spec in a.channels for c in parse_range(spec)]
+    model = load_model(a.model, a.weights, _device(a.device))
+    refs_path = Path(a.refs)
+    if (refs_path / "index.json").is_file():
+        store = MiningStore.load(refs_path)
+        for c in channels:
+            store.check(model, a.layer, c)
+        refs = [store.references(a.layer, c, kind=a.ref_kind, n=a.n) for c in channels]
+    else:
+        shared = from_folder(refs_path, n=a.n, seed=a.seed)
+        refs = [shared] * len(channels)
+    result = visualize(model, [Channel(a.layer, c) for c in channels], refs, method=a.method,
+                       relevance=a.relevance, **_run_options(a))
+    paths = result.save(out)
+    _print_outputs(result, paths)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from vital.compare import compare
+    from vital.models import load_model
+    from vital.targets import parse_range
+
+    classes = parse_range(a.classes)
+    model = load_model(a.model, a.weights, _device(a.device))
+    refs = _class_refs(a, classes)
+    result = compare(model, classes, refs, methods=_names(a.methods), out=a.out, judges=_names(a.judges),
+                     fid=not a.no_fid, clip_weights=a.clip_weights, **_run_options(a))
+    print(result.table.to_markdown())
+    print(f"table: {result.out / 'table.md'} (.csv, .json); embedding: {result.out / 'embedding.png'}")
+    print(f"gallery: {result.report}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from vital.compare import annotate_runs, visuals_from_runs, write_table
+    from vital.evaluate import evaluate
+    from vital.io import ensure_writable
+    from vital.models import load_model
+    from vital.report import gallery_from_runs, write_gallery
+
+    runs = [Path(d) for d in a.runs]
+    for d in runs:
+        if not (d / "record.json").is_file():
+            raise VitalError(f"{d} is not a run folder (no record.json); pass folders written by vital class/compare")
+    visuals = visuals_from_runs(runs)
+    if not visuals:
+        raise VitalError("the run folders hold no class visualizations to evaluate")
+    model = load_model(a.model, a.weights, _device(a.device)) if a.model else None
+    out = ensure_writable(a.out)
+    table = evaluate(visuals, model, classifiers=_names(a.judges), fid=False, clip_weights=a.clip_weights,
+                     embedding_path=out / "embedding.png", progress=not a.quiet)
+    write_table(table, out)
+    annotate_runs(table, runs)
+    print(table.to_markdown())
+    print(f"gallery: {write_gallery(out, gallery_from_runs(runs), table=table)}")
+    return 0
+
+
+def cmd_mine(a: argparse.Namespace) -> int:
+    from vital.models import load_model
+    from vital.references.mining import mine
+
+    model = load_model(a.model, a.weights, _device(a.device))
+    store = mine(model, _names(a.layers), a.images, k=a.k, n_images=a.n_images, out=a.out,
+                 batch_size=a.batch_size, workers=a.workers, resume=not a.no_resume, progress=not a.quiet,
+                 grid=a.grid)
+    for layer in store.layers:
+        info = store.index["layers"][layer]
+        print(f"{layer}: {info.get('channels')} channels, top-{a.k} patches and images per channel")
+    print(f"store: {store.path} ({store.index.get('images_processed')} images)")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from vital.report import gallery_from_runs, write_gallery
+
+    print(write_gallery(a.out, gallery_from_runs([Path(d) for d in a.runs])))
     return 0
 
 
@@ -141,12 +240,72 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--class", "-c", dest="classes", action="append", required=True,
                    help="class index, list or range (281,967 or 0-9); repeatable")
     c.add_argument("--refs", required=True,
-                   help="ImageNet-style train folder (one sub-folder per class, sorted) or, with --refs-flat, a "
-                        "folder of images of the class")
+                   help="ImageNet-style train folder (one sub-folder per class, sorted), with --refs-flat a folder "
+                        "of images of the class, or 'offline' for views of the scikit-image photos")
     c.add_argument("--refs-flat", action="store_true", help="--refs is one folder of images for every class")
     c.add_argument("-n", type=int, default=50, help="reference images per class (default 50)")
     _add_run(c)
     c.set_defaults(func=cmd_class)
+
+    ne = sub.add_parser("neuron", help="visualise channels of a layer (several --channel values run as one batch)")
+    _add_model(ne)
+    ne.add_argument("--layer", "-l", required=True, help="dotted layer name (see `vital layers MODEL`)")
+    ne.add_argument("--channel", "-c", dest="channels", action="append", required=True,
+                    help="channel index, list or range; repeatable")
+    ne.add_argument("--refs", required=True, help="a store written by `vital mine`, or a folder of the neuron's "
+                                                  "top images")
+    ne.add_argument("--ref-kind", default="images", choices=("images", "patches"),
+                    help="from a store: whole top images (the paper) or top patches")
+    ne.add_argument("-n", type=int, default=50, help="references per channel (default 50)")
+    ne.add_argument("--relevance", default="lrp", choices=("lrp", "lrp-restricted", "guided-backprop", "none"))
+    _add_run(ne)
+    ne.set_defaults(func=cmd_neuron)
+
+    cp = sub.add_parser("compare", help="run several methods on several classes, evaluate, table + gallery")
+    _add_model(cp)
+    cp.add_argument("--classes", required=True, help="class indices or ranges, e.g. 281,967")
+    cp.add_argument("--methods", default="vital,maco,fourier,deepinversion")
+    cp.add_argument("--refs", required=True, help="ImageNet-style train folder, a flat folder with --refs-flat, "
+                                                  "or 'offline' for the scikit-image photos")
+    cp.add_argument("--refs-flat", action="store_true")
+    cp.add_argument("-n", type=int, default=50, help="reference images per class")
+    cp.add_argument("--judges", default="efficientnet_lite1,efficientnet_lite2", help="independent classifiers")
+    cp.add_argument("--no-fid", action="store_true", help="skip FID")
+    cp.add_argument("--clip-weights", default=None, help="local open_clip weights file for CLIP zero-shot")
+    _add_run(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    ev = sub.add_parser("eval", help="judge the class visualizations of run folders (top-k by models, CLIP)")
+    ev.add_argument("runs", nargs="+", help="run folders (with record.json)")
+    ev.add_argument("--model", "-m", default=None, help="the target model, to report its own top-k")
+    ev.add_argument("--weights", default="default")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--judges", default="efficientnet_lite1,efficientnet_lite2")
+    ev.add_argument("--clip-weights", default=None)
+    ev.add_argument("--out", "-o", required=True)
+    ev.add_argument("--quiet", "-q", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    mi = sub.add_parser("mine", help="one pass over an image folder: top-k images and patches for every channel")
+    mi.add_argument("model")
+    mi.add_argument("--weights", default="default")
+    mi.add_argument("--device", default=None)
+    mi.add_argument("--layers", required=True, help="comma-separated dotted layer names")
+    mi.add_argument("--images", required=True, help="image folder (searched recursively)")
+    mi.add_argument("-k", type=int, default=50, help="patches (from distinct images) per channel")
+    mi.add_argument("--n-images", type=int, default=None, help="top images per channel (default: k)")
+    mi.add_argument("--out", "-o", required=True, help="store folder (resumed if it exists)")
+    mi.add_argument("--batch-size", type=int, default=32)
+    mi.add_argument("--workers", type=int, default=0)
+    mi.add_argument("--no-resume", action="store_true")
+    mi.add_argument("--grid", action="store_true", help="write a grid of the top patches per layer")
+    mi.add_argument("--quiet", "-q", action="store_true")
+    mi.set_defaults(func=cmd_mine)
+
+    rp = sub.add_parser("report", help="write an HTML gallery of run folders")
+    rp.add_argument("runs", nargs="+")
+    rp.add_argument("--out", "-o", required=True)
+    rp.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="list model names and whether their weights are on disk")
     m.add_argument("--on-disk", action="store_true", help="only models whose weights are on disk")

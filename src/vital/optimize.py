@@ -107,6 +107,18 @@ class Trace:
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def priors(x: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
+    """Weighted TV and l2 priors per sample, (B,)."""
+    total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    if settings.tv_l2:
+        total = total + settings.tv_l2 * tv_l2(x)
+    if settings.tv_l1:
+        total = total + settings.tv_l1 * tv_l1(x)
+    if settings.l2:
+        total = total + settings.l2 * l2_norm(x)
+    return total
+
+
 def optimize(param: Parameterization, objective: Objective, settings: LoopSettings, *,
              augment: Augment | None = None, description: str = "vital") -> Trace:
     """Run every stage of `settings` on `param` against `objective`. Raises VitalError on a non-finite loss."""
@@ -135,15 +147,8 @@ def optimize(param: Parameterization, objective: Objective, settings: LoopSettin
                     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
                 if settings.flip and torch.rand((), generator=gen) < 0.5:
                     x = x.flip(3)
-                if augment is not None:
-                    x = augment(x, gen)
-                loss = objective(x)
-                if settings.tv_l2:
-                    loss = loss + settings.tv_l2 * tv_l2(x)
-                if settings.tv_l1:
-                    loss = loss + settings.tv_l1 * tv_l1(x)
-                if settings.l2:
-                    loss = loss + settings.l2 * l2_norm(x)
+                loss = priors(x, settings)  # on the jittered image, before any multi-crop augmentation
+                loss = loss + objective(augment(x, gen) if augment is not None else x)
                 if not torch.isfinite(loss).all():
                     raise VitalError(
                         f"the loss became {loss.detach().cpu().tolist()} at step {len(history)}; lower --lr, raise "

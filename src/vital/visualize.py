@@ -47,18 +47,26 @@ class Result:
     def save(self, out_dir: str | os.PathLike, sheet: bool = True) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png`."""
         out = ensure_writable(out_dir)
-        images, alphas, rows = [], [], []
+        images, alphas, rows, outputs = [], [], [], []
         for i, t in enumerate(self.targets):
             stem = t.slug()
             images.append(save_png(self.images[i], out / f"{stem}.png"))
             rgba = self.transparency(i)
             alphas.append(save_rgba(rgba, out / f"{stem}_transparency.png"))
             refs = self.references[i]
-            ref_imgs = _reference_thumbnails(refs) if (sheet and refs is not None) else []
+            ref_imgs = _reference_thumbnails(refs) if refs is not None else []
+            thumbs = []
+            if refs is not None and refs.images:  # in-memory references: keep small copies to show beside the image
+                (out / "references").mkdir(exist_ok=True)
+                for j, im in enumerate(ref_imgs):
+                    path = out / "references" / f"{stem}_{j:02d}.jpg"
+                    im.convert("RGB").resize((112, 112), Image.BICUBIC).save(path, quality=90)
+                    thumbs.append(str(path.relative_to(out)))
             rows.append((self.labels[i], Image.open(images[-1]), Image.fromarray(rgba, "RGBA"), ref_imgs))
+            outputs.append({"target": str(t), "label": self.labels[i], "image": images[-1].name,
+                            "transparency": alphas[-1].name, "reference_thumbnails": thumbs})
         record = dict(self.record)
-        record["outputs"] = [{"target": str(t), "image": p.name, "transparency": a.name}
-                             for t, p, a in zip(self.targets, images, alphas, strict=True)]
+        record["outputs"] = outputs
         paths = {"images": images, "transparency": alphas, "record": [write_json(record, out / "record.json")]}
         if sheet:
             paths["sheet"] = [contact_sheet(rows, out / "contact_sheet.png")]

@@ -26,10 +26,10 @@ class RunOptions:
     tv_l1: float | None = None
     l2: float | None = None
     feat_dist: float = 1.0
-    jitter: int = 30
-    flip: bool = False
-    lr: float = 1.0
-    warmup: int = 100
+    jitter: int | None = None
+    flip: bool | None = None
+    lr: float | None = None
+    warmup: int | None = None
     n_refs: int | None = None
     relevance: str = "lrp"
     progress: bool = True

@@ -88,22 +88,26 @@ def resolve_layers(model: VisionModel, opts: RunOptions) -> tuple[list[str], lis
         weights = [1.0] * len(layers)
     else:
         weights = list(preset.layer_weights or [1.0] * len(layers))
-    priors = {"tv_l2": preset.tv_l2, "l2": preset.l2, "tv_l1": preset.tv_l1, "preset_source": preset.source}
+    priors = {"tv_l2": preset.tv_l2, "l2": preset.l2, "tv_l1": preset.tv_l1}
     return layers, weights, priors
 
 
+LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # SPEC section 8
+
+
 def loop_settings(opts: RunOptions, priors: dict, defaults: dict | None = None) -> tuple[LoopSettings, bool]:
-    """The user's loop options over the setting's stages and the preset's priors. Returns (settings, clip)."""
-    defaults = defaults or {}
-    st = setting(opts.setting, opts.steps)
+    """The loop for a run: the user's options, else the method's `defaults`, else the preset's `priors`, else the
+    paper's loop defaults. Returns (settings, clip)."""
+    merged = {**LOOP_DEFAULTS, "tv_l2": 0.0, "tv_l1": 0.0, "l2": 0.0, **priors, **(defaults or {})}
 
-    def pick(name: str) -> float:
+    def pick(name: str):
         v = getattr(opts, name)
-        return float(v if v is not None else defaults.get(name, priors.get(name, 0.0)))
+        return merged[name] if v is None else v
 
-    ls = LoopSettings(stages=st["stages"], lr=opts.lr, betas=st["betas"], warmup=opts.warmup, jitter=opts.jitter,
-                      flip=opts.flip, tv_l2=pick("tv_l2"), tv_l1=pick("tv_l1"), l2=pick("l2"), seed=opts.seed,
-                      progress=opts.progress)
+    st = setting(opts.setting, opts.steps)
+    ls = LoopSettings(stages=st["stages"], lr=float(pick("lr")), betas=st["betas"], warmup=int(pick("warmup")),
+                      jitter=int(pick("jitter")), flip=bool(pick("flip")), tv_l2=float(pick("tv_l2")),
+                      tv_l1=float(pick("tv_l1")), l2=float(pick("l2")), seed=opts.seed, progress=opts.progress)
     return ls, st["clip"]
 
 
@@ -138,4 +142,4 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     x0 = torch.zeros(1, 3, 1, 1, device=model.device, dtype=model.dtype)
     lo, hi = model.pixel_bounds(x0)
     param = PixelParam(len(targets), model.size, lo, hi, generator=torch.Generator().manual_seed(opts.seed), clip=clip)
-    return Recipe(param, objective, settings, record={"preset_source": priors["preset_source"]})
+    return Recipe(param, objective, settings)

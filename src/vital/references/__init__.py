@@ -8,5 +8,7 @@ from vital.references.images import (
     from_images,
     load_rgb,
 )
+from vital.references.mining import MiningStore, mine
 
-__all__ = ["ReferenceSet", "from_class_folder", "from_files", "from_folder", "from_images", "load_rgb"]
+__all__ = ["MiningStore", "ReferenceSet", "from_class_folder", "from_files", "from_folder", "from_images", "load_rgb",
+           "mine"]

@@ -1,0 +1,103 @@
+"""`vital compare`: every method on every target, judged with the paper's metrics, in a table and a gallery.
+
+Each method runs its targets as one batch when it can (DeepInversion's BatchNorm statistics couple the samples of a
+batch, so it runs one target at a time), each into its own run folder; then `vital.evaluate` scores all images and
+`vital.report` writes the side-by-side gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vital.evaluate import EvalTable, Visual, evaluate
+from vital.io import ensure_writable, write_json
+from vital.models.zoo import VisionModel
+from vital.references.images import ReferenceSet
+from vital.report import gallery_from_runs, write_gallery
+from vital.targets import Class
+from vital.visualize import visualize
+
+UNBATCHED = {"deepinversion"}  # methods whose loss couples the samples of a batch
+
+
+@dataclass
+class Comparison:
+    table: EvalTable
+    run_dirs: list[Path]
+    report: Path
+    out: Path
+
+
+def run_method(model: VisionModel, method: str, classes: Sequence[int], refs: dict[int, ReferenceSet],
+               out: Path, **options) -> list[Path]:
+    """Run `method` on `classes` (batched unless the method couples samples); returns the run folders."""
+    groups = [[k] for k in classes] if method in UNBATCHED else [list(classes)]
+    dirs = []
+    for group in groups:
+        d = out / method if len(groups) == 1 else out / method / f"class{group[0]:04d}"
+        res = visualize(model, [Class(k) for k in group], [refs[k] for k in group], method=method, **options)
+        res.save(d)
+        dirs.append(d)
+    return dirs
+
+
+def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
+    """The class visualizations listed in run folders' records."""
+    out = []
+    for d in run_dirs:
+        rec = json.loads((Path(d) / "record.json").read_text())
+        for t, o in zip(rec["targets"], rec["outputs"], strict=True):
+            if t["kind"] == "class":
+                out.append(Visual(Path(d) / o["image"], int(t["index"]), rec["method"], rec["model"]["name"],
+                                  Path(d) / o["transparency"], o.get("label", "")))
+    return out
+
+
+def real_images(refs: dict[int, ReferenceSet], model: VisionModel) -> dict[int, list]:
+    """The references of each class as [0,1] images, the real side of FID and of the embedding plot."""
+    out = {}
+    for k, r in refs.items():
+        out[k] = list(r.files) + [model.denormalize(model.transform()(im)[None])[0].clamp(0, 1)
+                                  for _, im in r.images]
+    return out
+
+
+def annotate_runs(table: EvalTable, run_dirs: Sequence[Path]) -> None:
+    """Write each image's ranks into its run record (shown by the gallery and `vital report`)."""
+    by_image = {pv["image"]: {k: v for k, v in pv.items() if k.endswith("rank")} for pv in table.per_visual
+                if pv.get("image")}
+    for d in run_dirs:
+        path = Path(d) / "record.json"
+        rec = json.loads(path.read_text())
+        rec["metrics"] = {o["image"]: by_image.get(str(Path(d) / o["image"]), {}) for o in rec["outputs"]}
+        write_json(rec, path)
+
+
+def write_table(table: EvalTable, out: Path) -> None:
+    (out / "table.md").write_text(table.to_markdown() + "\n")
+    table.to_csv(out / "table.csv")
+    table.to_json(out / "table.json")
+
+
+def compare(model: VisionModel, classes: Sequence[int], refs: dict[int, ReferenceSet],
+            methods: Sequence[str] = ("vital", "maco", "fourier", "deepinversion"), out: str | os.PathLike = "out",
+            judges: Sequence[str] = ("efficientnet_lite1", "efficientnet_lite2"), fid: bool = True,
+            clip_weights: str | None = None, progress: bool = True, **options) -> Comparison:
+    out_dir = ensure_writable(out)
+    run_dirs: list[Path] = []
+    for method in methods:
+        run_dirs += run_method(model, method, classes, refs, out_dir, progress=progress, **options)
+    visuals = visuals_from_runs(run_dirs)
+    with torch.no_grad():
+        table = evaluate(visuals, model, classifiers=judges, real_images=real_images(refs, model), fid=fid,
+                         clip_weights=clip_weights, embedding_path=out_dir / "embedding.png", progress=progress)
+    write_table(table, out_dir)
+    annotate_runs(table, run_dirs)
+    report = write_gallery(out_dir, gallery_from_runs(run_dirs), title=f"vital compare · {model.name}", table=table)
+    return Comparison(table, run_dirs, report, out_dir)

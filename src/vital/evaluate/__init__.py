@@ -1,0 +1,198 @@
+"""Metrics for feature visualizations, as in the paper's tables: top-1/top-5 of the target class by the target
+model and by independent judges, FID against real images of the same classes, CLIP zero-shot, t-SNE embeddings.
+
+`evaluate` turns a list of `Visual`s (an image, its target class, the method that made it) into an `EvalTable`:
+one row per method, one column per metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vital.errors import VitalError
+from vital.evaluate.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
+from vital.evaluate.clip import ClipResult, clip_zero_shot
+from vital.evaluate.fid import FIDResult
+from vital.models import VisionModel
+
+# The FID function stays in its module (`from vital.evaluate.fid import fid`): a package attribute of the same
+# name would hide the submodule `vital.evaluate.fid`.
+__all__ = ["ClipResult", "EvalTable", "FIDResult", "Visual", "clip_zero_shot", "evaluate", "topk_accuracy"]
+
+
+@dataclass
+class Visual:
+    """One visualization to judge: an image (PNG path or (3,H,W) tensor in [0,1]) for `target_class`."""
+
+    image: Path | str | torch.Tensor
+    target_class: int
+    method: str
+    model: str = ""
+    transparency_path: Path | None = None
+    label: str = ""
+
+
+@dataclass
+class EvalTable:
+    """Rows = methods, columns = metrics (accuracies in %). `per_visual` holds each visualization's ranks
+    (1 = top-1) for the gallery; `notes` say how each number was obtained (sample sizes, skipped metrics)."""
+
+    columns: list[str]
+    rows: dict[str, dict[str, Any]]
+    per_visual: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def _fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    def to_markdown(self) -> str:
+        head = ["method", *self.columns]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(self.columns)) + "|"]
+        for method, row in self.rows.items():
+            lines.append("| " + " | ".join([method, *(self._fmt(row.get(c)) for c in self.columns)]) + " |")
+        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes]) + "\n"
+
+    def to_html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *self.columns])
+        body = "".join(
+            "<tr><th>" + html.escape(m) + "</th>"
+            + "".join(f"<td>{html.escape(self._fmt(r.get(c)))}</td>" for c in self.columns) + "</tr>"
+            for m, r in self.rows.items())
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+                + (f'<ul class="notes">{notes}</ul>' if notes else ""))
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", *self.columns])
+            for method, row in self.rows.items():
+                w.writerow([method, *("" if row.get(c) is None else row[c] for c in self.columns)])
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns, "rows": self.rows, "per_visual": self.per_visual, "notes": self.notes,
+                "meta": self.meta}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _class_label(k: int, model: VisionModel | None) -> str:
+    name = model.class_name(k) if model is not None and model.categories else None
+    return f"class {k} · {name}" if name else f"class {k}"
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def evaluate(visuals: Sequence[Visual], model: VisionModel | None = None,
+             classifiers: Sequence[str | VisionModel] = DEFAULT_JUDGES,
+             real_images: Mapping[int, Sequence[ImageLike]] | None = None, fid: bool = True,
+             clip_weights: str | os.PathLike | None = None, clip_arch: str = "ViT-B-32",
+             embedding_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             progress: bool = True) -> EvalTable:
+    """Judge `visuals` method by method: target-model and judge top-1/top-5, FID against `real_images` of the
+    same classes ({class: [paths or (3,H,W) tensors]}), CLIP zero-shot (skipped without `clip_weights`), and
+    optionally a t-SNE plot of the first judge's penultimate features saved at `embedding_path`."""
+    from vital.evaluate.fid import fid as fid_fn
+
+    if not visuals:
+        raise VitalError("nothing to evaluate: no visualizations given")
+    device = device if device is not None else (model.device if model is not None else "cpu")
+    methods = list(dict.fromkeys(v.method for v in visuals))
+    by_method = {m: [i for i, v in enumerate(visuals) if v.method == m] for m in methods}
+    images = [v.image for v in visuals]
+    targets = [int(v.target_class) for v in visuals]
+    columns: list[str] = ["n"]
+    rows: dict[str, dict[str, Any]] = {m: {"n": len(by_method[m])} for m in methods}
+    judges = [c if isinstance(c, VisionModel) else load_judges([c], device)[0] for c in classifiers]
+    namer = model if model is not None else (judges[0] if judges else None)
+    per_visual: list[dict[str, Any]] = [
+        {"method": v.method, "target": t, "label": v.label or _class_label(t, namer),
+         "image": str(v.image) if not isinstance(v.image, torch.Tensor) else None}
+        for v, t in zip(visuals, targets, strict=True)]
+    notes: list[str] = []
+    meta: dict[str, Any] = {"units": "accuracies in %; ranks are 1-based (1 = top-1)"}
+    scored = ([("target", model)] if model is not None else []) + [(j.name, j) for j in judges]
+    meta["target_model"] = model.name if model is not None else None
+    meta["judges"] = [j.name for j in judges]
+    notes.append(f"accuracies in %; target model: {meta['target_model'] or 'none given'}; "
+                 f"judges: {', '.join(meta['judges']) or 'none'}")
+    for col, clf in scored:
+        res = topk_accuracy(clf, images, targets, progress=progress)
+        columns += [f"{col} top-1", f"{col} top-5"]
+        for m, idx in by_method.items():
+            ranks = [res["ranks"][i] for i in idx]
+            rows[m][f"{col} top-1"] = _pct(sum(r <= 1 for r in ranks) / len(ranks))
+            rows[m][f"{col} top-5"] = _pct(sum(r <= 5 for r in ranks) / len(ranks))
+        for pv, r in zip(per_visual, res["ranks"], strict=True):
+            pv[f"{col} rank"] = r
+
+    if fid:
+        columns += ["FID", "FID n (vis/real)"]
+        if not real_images:
+            notes.append("FID skipped: no real images given (pass real images per class, e.g. --refs)")
+        for m, idx in by_method.items():
+            classes = sorted({targets[i] for i in idx})
+            reals = [im for k in classes for im in (real_images or {}).get(k, [])]
+            missing = [k for k in classes if not (real_images or {}).get(k)]
+            if real_images and missing:
+                notes.append(f"FID {m}: no real images for class(es) {missing}")
+            rows[m]["FID"], rows[m]["FID n (vis/real)"] = None, None
+            if len(idx) < 2 or len(reals) < 2:
+                if real_images:
+                    notes.append(f"FID {m}: needs at least 2 visualizations and 2 real images "
+                                 f"(has {len(idx)} and {len(reals)})")
+                continue
+            r = fid_fn([images[i] for i in idx], reals, device=device, progress=progress)
+            rows[m]["FID"], rows[m]["FID n (vis/real)"] = r.value, f"{r.n_a}/{r.n_b}"
+            if r.singular:
+                notes.append(f"{m}: {r.describe()}")
+
+    clip = clip_zero_shot(images, targets, clip_weights, arch=clip_arch, device=device, progress=progress)
+    columns += ["CLIP top-1", "CLIP top-5"]
+    if clip.skipped:
+        notes.append(clip.skipped)
+    meta["clip"] = {"arch": clip.arch, "weights": str(clip_weights) if clip_weights else None,
+                    "skipped": clip.skipped}
+    for m, idx in by_method.items():
+        ranks = [clip.ranks[i] for i in idx] if not clip.skipped else []
+        rows[m]["CLIP top-1"] = _pct(sum(r <= 1 for r in ranks) / len(ranks)) if ranks else None
+        rows[m]["CLIP top-5"] = _pct(sum(r <= 5 for r in ranks) / len(ranks)) if ranks else None
+    for pv, r in zip(per_visual, clip.ranks, strict=False):
+        pv["CLIP rank"] = r
+
+    if embedding_path is not None:
+        from vital.evaluate.embedding import embedding_plot
+
+        judge = judges[0] if judges else model
+        if judge is None:
+            raise VitalError("an embedding plot needs a model: pass a target model or a classifier")
+        real = [(im, k) for k, ims in (real_images or {}).items() for im in ims]
+        groups = {"real": ([im for im, _ in real], [k for _, k in real])} if real else {}  # drawn first, below
+        groups.update({m: ([images[i] for i in idx], [targets[i] for i in idx]) for m, idx in by_method.items()})
+        names = {k: judge.class_name(k) for k in set(targets)}
+        meta["embedding"] = str(embedding_plot(judge, groups, embedding_path, class_names=names, progress=progress))
+    return EvalTable(columns, rows, per_visual, notes, meta)

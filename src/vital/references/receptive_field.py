@@ -1,0 +1,138 @@
+"""Receptive field of a layer of any CNN, measured rather than looked up, and the patch box it implies.
+
+The measurement runs a float64 copy of the network made *linear-positive*: every activation and normalisation
+module becomes the identity, max pooling becomes average pooling over the same window, every weight becomes a
+positive average (1/fan-in) and every bias zero. In such a network the input gradient of one output unit is
+strictly positive exactly on that unit's receptive field (no cancellation, no dead ReLU, no arg-max routing), so
+the field is read off the gradient's support. Residual branches, asymmetric "same" padding, dilation and grouped
+convolutions need no special cases. Normalisation statistics are ignored, as in the usual definition; a global gate
+(squeeze-excitation) makes every unit see the whole input, and so does a field more than about twice the input:
+both are reported as `is_global`, with the whole image as the patch.
+
+Along each axis, unit i of the layer sees input pixels [left + i*stride, left + i*stride + size - 1] (edges
+included, before clipping to the image). `left` and `size` come from the first unit's right end and the last unit's
+left end, which lie inside the image long before a whole field does, so a field can be measured with an input
+about half its size. The input is doubled (at most three times) until both ends are unclipped.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vital.errors import VitalError
+from vital.features import FeatureExtractor
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
+          nn.LocalResponseNorm)
+_MAX_DOUBLINGS = 2
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Per axis (height, width): input pixels per output step, field size in pixels, and the centre of output
+    position 0 in input pixel coordinates (pixel i has centre i). `is_global`: every unit sees the whole input of
+    the measured size (then `size` is that input size and `offset` its centre)."""
+
+    stride: tuple[int, int]
+    size: tuple[int, int]
+    offset: tuple[float, float]
+    is_global: bool = False
+
+    def centre(self, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-pixel centres (y, x) of output positions (h, w)."""
+        return self.offset[0] + h * self.stride[0], self.offset[1] + w * self.stride[1]
+
+    def patch_size(self, image: int) -> tuple[int, int]:
+        """Side of the patch shown for one unit: the field size, at least 2 strides (a unit's own footprint and its
+        neighbour's), at most the image. A global field gives the whole image."""
+        if self.is_global:
+            return image, image
+        return tuple(min(max(s, 2 * st), image) for s, st in zip(self.size, self.stride, strict=True))
+
+    def boxes(self, h: torch.Tensor, w: torch.Tensor, image: int) -> torch.Tensor:
+        """Patch boxes (left, top, right, bottom), right/bottom exclusive, for output positions (h, w) of an
+        image x image input: centred on the unit's field centre, then shifted to lie inside the image."""
+        ph, pw = self.patch_size(image)
+        cy, cx = self.centre(h.float(), w.float())  # exact: multiples of 0.5 far below 2**24
+        # pixel i spans [i, i+1), so a centre c in pixel coordinates is the point c + 0.5
+        top = torch.floor(cy + 0.5 - ph / 2 + 0.5).long().clamp(0, image - ph)
+        left = torch.floor(cx + 0.5 - pw / 2 + 0.5).long().clamp(0, image - pw)
+        return torch.stack([left, top, left + pw, top + ph], dim=-1)
+
+    def as_dict(self) -> dict:
+        return {"stride": list(self.stride), "size": list(self.size), "offset": list(self.offset),
+                "is_global": self.is_global}
+
+
+def _linear_positive(module: nn.Module) -> nn.Module:
+    """A float64 CPU copy of `module` in which every unit's input gradient is positive on its receptive field."""
+    net = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
+    for name, m in list(net.named_modules()):
+        if not name:
+            continue
+        replacement = None
+        if isinstance(m, _NORMS) or type(m).__module__ == "torch.nn.modules.activation" and not isinstance(
+                m, nn.MultiheadAttention):
+            replacement = nn.Identity()
+        elif isinstance(m, nn.MaxPool2d) and m.dilation in (1, (1, 1)):
+            replacement = nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode)
+        elif isinstance(m, nn.AdaptiveMaxPool2d):
+            replacement = nn.AdaptiveAvgPool2d(m.output_size)
+        if replacement is not None:
+            parent_name, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, child, replacement)
+    with torch.no_grad():
+        for pname, p in net.named_parameters():
+            if p.dim() >= 2:
+                p.fill_(1.0 / p[0].numel())
+            elif pname.rsplit(".", 1)[-1] == "bias":
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    return net
+
+
+def _support(grad: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(first, last) row and column where a (3, H, W) gradient is non-zero."""
+    mask = grad.abs().sum(0) > 0
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    if rows.numel() == 0:
+        raise VitalError("the layer's output does not depend on the input; pick another layer")
+    return (int(rows[0]), int(rows[-1])), (int(cols[0]), int(cols[-1]))
+
+
+def receptive_field(module: nn.Module, layer: str, size: int = 224) -> ReceptiveField:
+    """Measure the receptive field of the (B, C, H, W) output of `layer` (a dotted module name) for inputs of
+    `size` x `size` pixels (padding may depend on the size; larger inputs are tried when the field does not fit)."""
+    net = _linear_positive(module)
+    extractor = FeatureExtractor(net, [layer], raw=True)
+    s = size
+    for _ in range(_MAX_DOUBLINGS + 1):
+        x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, requires_grad=True)
+        out = extractor(x)[layer]
+        if out.dim() != 4:
+            raise VitalError(f"layer '{layer}' outputs shape {tuple(out.shape[1:])}, not a (C, H, W) map: "
+                             "receptive fields and patches need a convolutional layer")
+        hl, wl = out.shape[2] - 1, out.shape[3] - 1
+        units = [(0, 0), (min(1, hl), min(1, wl)), (hl, wl)]
+        total = sum(out[b, :, h, w].sum() for b, (h, w) in enumerate(units))
+        (grad,) = torch.autograd.grad(total, x)
+        first, second, last = (_support(grad[b]) for b in range(3))
+        if all(first[a][1] == s - 1 and last[a][0] == 0 for a in (0, 1)):
+            # the first unit reaches the far edge and the last the near one: every unit sees the whole input
+            stride = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
+            return ReceptiveField(stride, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
+        unclipped = all(first[a][1] < s - 1 and second[a][1] < s - 1 and last[a][0] > 0 for a in (0, 1))
+        if hl >= 1 and wl >= 1 and unclipped:
+            stride = (second[0][1] - first[0][1], second[1][1] - first[1][1])
+            left = (last[0][0] - hl * stride[0], last[1][0] - wl * stride[1])
+            rf = (first[0][1] - left[0] + 1, first[1][1] - left[1] + 1)
+            return ReceptiveField(stride, rf, (left[0] + (rf[0] - 1) / 2, left[1] + (rf[1] - 1) / 2))
+        s *= 2
+    raise VitalError(f"could not measure the receptive field of '{layer}' with inputs up to {s // 2} px; "
+                     "is its output map smaller than 2x2?")

@@ -1,0 +1,172 @@
+"""Relevance of one target channel per sample, captured at named layers (SPEC §4, with the defects of §7 fixed).
+
+`RelevanceEngine` analyses the model once: it builds the execution chain up to the target layer, assigns a rule to
+every step and resolves the requested layers by name. A call is one forward of the truncated network that keeps
+what the rules need, then one backward relevance pass that stops at the shallowest requested layer. Nothing builds
+an autograd graph through the model: the results are detached, non-negative and have the shapes of the layer outputs.
+
+Methods:
+- "lrp": the start is the whole activation map of channel c_b, A[b, c_b] (clamped at 0: a block output without a
+  final ReLU, as in MobileNetV2 or EfficientNet-Lite, can be negative), zero elsewhere.
+- "lrp-restricted": the start is 1 at the single position (h*, w*) where channel c_b is most aligned with the
+  activation vector, argmax A[b, c_b, h, w] / ||A[b, :, h, w]||, zero elsewhere.
+- "guided-backprop": ReLU of the guided gradient of the channel's spatial mean (see `vital.relevance.guided`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vital.errors import VitalError, closest
+from vital.relevance.chains import Chain, Unsupported, build_chain
+from vital.relevance.guided import guided_backprop
+from vital.relevance.rules import propagate_chain
+
+METHODS = ("lrp", "lrp-restricted", "guided-backprop")
+
+
+def _locate(chain: Chain, index: dict[str, int], modules: dict[str, nn.Module], name: str, what: str,
+            guided: bool = False) -> int | None:
+    """Step index producing `name`; None where only guided backprop can use it (position checked at run time)."""
+    if name in index:
+        return index[name]
+    if name not in modules or not name:
+        raise VitalError(f"model has no {what} '{name}'.{closest(name, [k for k in modules if k])} "
+                         "`vital layers MODEL` lists them.")
+    block = next((b for b in chain.blocks if not b or name.startswith(b + ".")), None)
+    if guided:
+        return None
+    if block is not None and isinstance(chain.blocks[block], Unsupported):
+        raise chain.blocks[block].error()
+    if block is not None:
+        raise VitalError(f"{what} '{name}' is inside block '{block}', whose relevance is computed as a whole: "
+                         f"use '{block}' instead")
+    raise VitalError(f"{what} '{name}' is not on the model's execution chain.{closest(name, list(index))} "
+                     "Pick one of those.")
+
+
+def upstream_layers(model: nn.Module, target_layer: str, candidates: Sequence[str]) -> list[str]:
+    """The candidates whose output is computed before (or is) the target layer's output, in the given order: the
+    layers whose features can be weighted by the target's relevance (SPEC §7: match only layers upstream)."""
+    chain = build_chain(model)
+    index, modules = chain.index(), dict(model.named_modules())
+    target = _locate(chain, index, modules, target_layer, "target layer")
+    return [n for n in candidates if _locate(chain, index, modules, n, "layer") <= target]
+
+
+class RelevanceEngine:
+    """Relevance maps of a target channel at `layers`, for a batch with one channel per sample."""
+
+    def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp"):
+        if method not in METHODS:
+            raise VitalError(f"unknown relevance method '{method}'; use one of {', '.join(METHODS)}")
+        if isinstance(layers, str) or not layers:
+            raise VitalError("give the layers to capture relevance at as a list of names, e.g. ['layer3', 'layer2']")
+        self.model, self.target_layer, self.method = model, target_layer, method
+        self.layers = list(dict.fromkeys(layers))
+        self._modules = dict(model.named_modules())
+        self._mode_sensitive = [m for m in model.modules()
+                                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
+        chain = build_chain(model)
+        index = chain.index()
+        guided = method == "guided-backprop"
+        target = _locate(chain, index, self._modules, target_layer, "target layer", guided)
+        positions = {n: _locate(chain, index, self._modules, n, "layer", guided) for n in self.layers}
+        if target is not None:
+            for n, i in positions.items():
+                if i is not None and i > target:
+                    raise VitalError(f"layer '{n}' comes after the target layer '{target_layer}'; relevance reaches "
+                                     f"only layers upstream of the target: drop '{n}' or pick a deeper target")
+        if guided:
+            # hook the module that produces each output (`layer4` is produced by `layer4.2`)
+            canon = {n: chain.names[i][0] if i is not None else n for n, i in positions.items()}
+            self._guided_layers = {n: self._modules[c] for n, c in canon.items()}
+            tname = chain.names[target][0] if target is not None else target_layer
+            self._guided_target = (target_layer, self._modules[tname])
+            return
+        self.steps = chain.steps[:target + 1]
+        bad = [s for s in self.steps if isinstance(s, Unsupported)]
+        if bad:
+            raise bad[0].error()
+        propagate_chain(self.steps, False)
+        self.target_index = target
+        self.stop = min(positions.values())
+        self.capture: dict[int, list[str]] = {}
+        for n, i in positions.items():
+            self.capture.setdefault(i, []).append(n)
+
+    def _check_mode(self) -> None:
+        if any(m.training for m in self._mode_sensitive):
+            raise VitalError("the model is in training mode (BatchNorm/Dropout would mix or drop samples); "
+                             "call model.eval() first")
+
+    @staticmethod
+    def _channels(channels: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        if isinstance(channels, int):
+            return torch.full((b,), channels, dtype=torch.long, device=x.device)
+        if not torch.is_tensor(channels) or channels.is_floating_point() or channels.is_complex():
+            raise VitalError("channels must be an int or an integer tensor with one channel per sample")
+        channels = channels.to(device=x.device, dtype=torch.long).reshape(-1)
+        if channels.numel() == 1:
+            channels = channels.expand(b)
+        if channels.numel() != b:
+            raise VitalError(f"got {channels.numel()} channels for a batch of {b}; give one channel per sample")
+        return channels
+
+    def _check_range(self, a: torch.Tensor, channels: torch.Tensor) -> None:
+        if a.dim() not in (2, 4):
+            raise VitalError(f"target layer '{self.target_layer}' has output shape {tuple(a.shape)}; relevance "
+                             "needs a (B, C, H, W) map or a (B, C) vector")
+        c = a.shape[1]
+        lo, hi = int(channels.min()), int(channels.max())
+        if lo < 0 or hi >= c:
+            bad = lo if lo < 0 else hi
+            raise VitalError(f"channel {bad} is out of range for layer '{self.target_layer}', which has {c} "
+                             f"channels (0..{c - 1})")
+
+    def _start(self, a: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """Relevance at the target layer's output."""
+        idx = torch.arange(a.shape[0], device=a.device)
+        r = torch.zeros_like(a)
+        if self.method == "lrp":
+            r[idx, channels] = a[idx, channels].clamp(min=0)
+        elif a.dim() == 2:
+            r[idx, channels] = 1.0
+        else:
+            cos = a[idx, channels] / (a.norm(dim=1) + torch.finfo(a.dtype).tiny)
+            flat = cos.flatten(1).argmax(1)
+            w = a.shape[-1]
+            r[idx, channels, flat // w, flat % w] = 1.0
+        return r
+
+    def __call__(self, x: torch.Tensor, channels: torch.Tensor | int) -> dict[str, torch.Tensor]:
+        """{layer: relevance shaped like that layer's output} for x (B, 3, H, W) and one channel per sample."""
+        self._check_mode()
+        ch = self._channels(channels, x)
+        if self.method == "guided-backprop":
+            return guided_backprop(self.model, x, ch, self._guided_target, self._guided_layers, self._check_range)
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            h, ctxs = x.detach(), []
+            for i, step in enumerate(self.steps):
+                h, ctx = step.forward(h, keep=i > self.stop)
+                ctxs.append(ctx)
+            self._check_range(h, ch)
+            r = self._start(h, ch)
+            for i in range(self.target_index, self.stop - 1, -1):
+                for n in self.capture.get(i, ()):
+                    out[n] = r
+                if i > self.stop:
+                    r = self.steps[i].relevance(r, ctxs[i])
+                    ctxs[i] = None  # free what this step kept as soon as it is used
+        return {n: out[n] for n in self.layers}
+
+
+def relevance_maps(model: nn.Module, x: torch.Tensor, target_layer: str, channels: torch.Tensor | int,
+                   layers: Sequence[str], method: str = "lrp") -> dict[str, torch.Tensor]:
+    """One-shot `RelevanceEngine(model, target_layer, layers, method)(x, channels)`; build an engine to reuse it."""
+    return RelevanceEngine(model, target_layer, layers, method)(x, channels)

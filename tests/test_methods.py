@@ -1,0 +1,59 @@
+"""Every method is a recipe over the one loop: each runs on class and channel targets and improves its objective."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import vital
+from vital.errors import VitalError
+from vital.references.images import from_images
+
+
+@pytest.fixture
+def refs():
+    rng = np.random.default_rng(0)
+    return from_images([Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(4)])
+
+
+@pytest.mark.parametrize("method", ["pixel", "fourier", "maco", "deepinversion"])
+def test_class_methods_raise_the_target_logit(tiny_model, refs, method):
+    module = tiny_model.module
+    if method == "deepinversion":
+        module.stage1.insert(1, nn.BatchNorm2d(12).eval())
+    res = vital.visualize(tiny_model, [vital.Class(2), vital.Class(5)], refs, method=method, steps=30,
+                          progress=False, warmup=3)
+    assert res.history[-5:].mean() < res.history[:5].mean()
+    with torch.no_grad():
+        logits = module(tiny_model.normalize(res.images))
+    assert logits[0, 2] > logits[1, 2] and logits[1, 5] > logits[0, 5]
+    assert res.record["method"] == method and res.images.min() >= 0 and res.images.max() <= 1
+
+
+@pytest.mark.parametrize("method", ["pixel", "fourier", "maco"])
+def test_channel_targets_on_two_layers(tiny_model, refs, method):
+    targets = [vital.Channel("stage1", 3), vital.Channel("stage2", 7)]
+    res = vital.visualize(tiny_model, targets, refs, method=method, steps=20, progress=False, warmup=2)
+    assert res.history[-3:].mean() < res.history[:3].mean()
+    assert res.history.shape == (20, 2)
+
+
+def test_deepinversion_needs_batchnorm(tiny_model):
+    with pytest.raises(VitalError, match="deepinversion needs BatchNorm layers"):
+        vital.visualize(tiny_model, vital.Class(1), None, method="deepinversion", steps=1, progress=False)
+
+
+def test_maco_needs_a_magnitude(tiny_model):
+    with pytest.raises(VitalError, match="maco needs a magnitude spectrum"):
+        vital.visualize(tiny_model, vital.Class(1), None, method="maco", steps=1, progress=False)
+
+
+def test_maco_magnitude_from_file(tiny_model, refs, tmp_path):
+    from vital.params.maco import maco_magnitude_from_images
+
+    path = tmp_path / "mag.pt"
+    torch.save(maco_magnitude_from_images(torch.rand(2, 3, 64, 64), 64), path)
+    res = vital.visualize(tiny_model, vital.Class(1), None, method="maco", steps=3, progress=False,
+                          extra={"maco_magnitude": str(path)})
+    assert res.record["recipe"]["magnitude"] == str(path)
