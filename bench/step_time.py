@@ -1,24 +1,32 @@
-"""Step time of VITAL class visualization against a bare forward+backward, and batched against sequential.
+"""Step time of VITAL against a bare forward+backward, batched against sequential, and mining throughput.
 
-Prints, per model at its input size and batch 1: mean VITAL step time / mean bare forward+backward time of the
-same model and batch (target on CPU: <= 1.3), and the throughput of one batch of 8 classes against 8 single runs
-(target: > 1.5x on CPU). Measurements are interleaved and repeated; medians are reported.
+Prints, per model at its input size and batch 1: mean VITAL class step time / mean bare forward+backward time of
+the same model and batch (target on CPU: <= 1.3), the throughput of one batch of 8 classes against 8 single runs
+(target: > 1.5x), the intermediate-neuron step (LRP-weighted, deepest preset stage) / bare forward+backward
+(target: <= 2.5), and mining throughput / bare forward throughput over the same images (target: >= 0.7).
+Measurements are interleaved and repeated; medians are reported.
 Usage: python bench/step_time.py [--models efficientnet_lite0,resnet50] [--steps 10] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
 from vital.methods import RunOptions, build_recipe
 from vital.models import load_model
+from vital.models.presets import preset_for
 from vital.optimize import optimize
+from vital.references.mining import mine
 from vital.references.photos import OFFLINE_PHOTOS, photo_references
-from vital.targets import Class
+from vital.targets import Channel, Class
 
 
 def sync(device: torch.device) -> None:
@@ -47,31 +55,89 @@ def vital_step(model, classes: list[int], refs: dict, steps: int) -> float:
     return optimize(recipe.param, recipe.objective, recipe.settings).step_seconds
 
 
+def neuron_step(model, layer: str, refs, steps: int) -> float:
+    recipe = build_recipe("vital", model, [Channel(layer, 0)], [refs], RunOptions(steps=steps + 3, warmup=1,
+                                                                                progress=False))
+    return optimize(recipe.param, recipe.objective, recipe.settings).step_seconds
+
+
+def mining_ratio(model, layer: str, folder: Path, batch: int = 8) -> tuple[float, float]:
+    """Images/s of `vital.mine` (one layer, every channel, top-50) and of bare no-grad forwards of the same
+    preprocessed images (loading included in both, through the same loader)."""
+    from vital.references.images import list_images, load_rgb
+
+    files = []
+    for p in list_images(folder):
+        try:
+            load_rgb(p)
+            files.append(p)
+        except OSError:
+            continue  # not a photograph PIL can read: left out of both sides
+    with tempfile.TemporaryDirectory() as d:
+        for i, p in enumerate(files * 2):  # twice over, for a longer measurement
+            shutil.copy(p, Path(d) / f"{i:03d}{p.suffix}")
+        return _mining_ratio(model, layer, Path(d), batch)
+
+
+def _mining_ratio(model, layer: str, folder: Path, batch: int) -> tuple[float, float]:
+    from vital.references.images import list_images, load_rgb
+
+    files = list_images(folder)
+    tf = model.transform()
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(files), batch):
+            x = torch.stack([tf(load_rgb(p)) for p in files[i:i + batch]]).to(model.device)
+            model(x)
+    sync(model.device)
+    bare = len(files) / (time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        mine(model, [layer], folder, k=50, out=d, batch_size=batch, progress=False)
+        sync(model.device)
+        mined = len(files) / (time.perf_counter() - t)
+    return mined, bare
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="efficientnet_lite0,resnet50")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--images", default=None, help="folder to mine (default: the scikit-image photos)")
     a = ap.parse_args()
+    if a.images is None:
+        import skimage
+
+        a.images = str(Path(skimage.__file__).parent / "data")
     torch.manual_seed(0)
     classes = list(OFFLINE_PHOTOS)[:4] * 2  # 8 targets
     refs = {k: photo_references(k, n=8) for k in set(classes)}
     dev = torch.device(a.device)
     name_dev = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name_dev}; torch {torch.__version__}")
-    print("| model | bare fwd+bwd (ms) | VITAL step (ms) | ratio | batch-8 step (ms) | batch-8 throughput vs 8 single |")
-    print("|---|---|---|---|---|---|")
+    warnings.simplefilter("ignore")
+    print("| model | bare fwd+bwd (ms) | class step (ms) | class/bare | batch-8 step (ms) | batch-8 vs 8 single "
+          "| bare batch-8 vs 8 single (ceiling) | neuron target | neuron step (ms) | neuron/bare | mining img/s "
+          "| bare fwd img/s | mining/bare |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models.split(","):
         model = load_model(name, weights="default" if name.startswith("efficientnet_lite") else None, device=dev)
-        bare, single, batch8 = [], [], []
-        for _ in range(a.rounds):  # interleaved, so drifting machine load hits all three alike
+        layers = preset_for(name, model.module, model.size).layers
+        target = layers[-1]
+        bare, bare8, single, batch8, neuron = [], [], [], [], []
+        for _ in range(a.rounds):  # interleaved, so drifting machine load hits all alike
             bare.append(bare_step(model, 1, a.steps))
+            bare8.append(bare_step(model, 8, max(2, a.steps // 2)))
             single.append(vital_step(model, classes[:1], refs, a.steps))
             batch8.append(vital_step(model, classes, refs, a.steps))
-        b, s, b8 = (statistics.median(v) for v in (bare, single, batch8))
+            neuron.append(neuron_step(model, target, refs[classes[0]], a.steps))
+        b, bb8, s, b8, n = (statistics.median(v) for v in (bare, bare8, single, batch8, neuron))
+        mined, fwd = mining_ratio(model, layers[-2], Path(a.images))
         print(f"| {name} ({model.weights_id}) | {1e3 * b:.1f} | {1e3 * s:.1f} | {s / b:.2f} | {1e3 * b8:.1f} "
-              f"| {8 * s / b8:.2f}x |")
+              f"| {8 * s / b8:.2f}x | {8 * b / bb8:.2f}x | {target} | {1e3 * n:.1f} | {n / b:.2f} | {mined:.1f} | {fwd:.1f} "
+              f"| {mined / fwd:.2f} |")
 
 
 if __name__ == "__main__":

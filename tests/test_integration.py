@@ -33,5 +33,6 @@ def test_demo_writes_images_and_sheet(tmp_path, capsys):
     out = run_demo(tmp_path / "demo", steps=2, progress=False)
     assert (out / "class0282.png").is_file() and (out / "class0967.png").is_file()
     assert (out / "contact_sheet.png").is_file() and (out / "record.json").is_file()
+    assert (out / "neuron" / "record.json").is_file() and (out / "store" / "index.json").is_file()
     printed = capsys.readouterr().out
-    assert "contact sheet:" in printed and "espresso" in printed
+    assert "contact sheet:" in printed and "espresso" in printed and "_blocks.10:" in printed

@@ -69,6 +69,19 @@ def test_channel_weights_scale_per_channel():
     assert torch.allclose(sort_matching_loss(s, q, w), (per_channel * w).sum(-1) / 2)
 
 
+def test_fast_cpu_sort_equals_torch_sort_with_the_same_gradient():
+    from vital.objectives.sort_matching import sort_last
+
+    # distinct values (ties may be broken either way), large enough for the threaded path
+    x = (torch.randperm(2 * 64 * 1200).float().view(2, 64, 1200) / 1000).requires_grad_(True)
+    w = torch.randn(2, 64, 1200)
+    (sort_last(x) * w).sum().backward()
+    g_fast = x.grad.clone()
+    x.grad = None
+    (x.sort(dim=-1).values * w).sum().backward()
+    assert torch.equal(sort_last(x), x.sort(dim=-1).values) and torch.allclose(g_fast, x.grad)
+
+
 def test_accumulator_in_chunks_equals_one_shot():
     t = torch.randn(7, 3, 11)
     acc = PrototypeAccumulator()

@@ -88,11 +88,14 @@ def write_table(table: EvalTable, out: Path) -> None:
 def compare(model: VisionModel, classes: Sequence[int], refs: dict[int, ReferenceSet],
             methods: Sequence[str] = ("vital", "maco", "fourier", "deepinversion"), out: str | os.PathLike = "out",
             judges: Sequence[str] = ("efficientnet_lite1", "efficientnet_lite2"), fid: bool = True,
-            clip_weights: str | None = None, progress: bool = True, **options) -> Comparison:
+            clip_weights: str | None = None, progress: bool = True,
+            method_options: dict[str, dict] | None = None, **options) -> Comparison:
+    """`options` apply to every method; `method_options[method]` override them for one method (e.g. its steps)."""
     out_dir = ensure_writable(out)
     run_dirs: list[Path] = []
     for method in methods:
-        run_dirs += run_method(model, method, classes, refs, out_dir, progress=progress, **options)
+        opts = {**options, **(method_options or {}).get(method, {})}
+        run_dirs += run_method(model, method, classes, refs, out_dir, progress=progress, **opts)
     visuals = visuals_from_runs(run_dirs)
     with torch.no_grad():
         table = evaluate(visuals, model, classifiers=judges, real_images=real_images(refs, model), fid=fid,
