@@ -471,3 +471,23 @@ def test_guided_backprop_on_resnet_is_nonnegative_detached_and_batch_independent
         assert r[1].sum() > 0
         torch.testing.assert_close(alone[name][0], r[1], rtol=1e-4, atol=1e-7)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["lrp", "lrp-restricted"])
+def test_shared_forward_gives_the_model_features_and_the_same_relevance(resnet, method):
+    """features_and_relevance: features equal the model's own layer outputs (with a graph to x), relevance equals
+    a separate engine call."""
+    layers = ["conv1", "layer1", "layer2.0"]
+    engine = RelevanceEngine(resnet, "layer3.1", layers, method)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    feats, rel = engine.features_and_relevance(x, torch.tensor([3, 11]))
+    ref = FeatureExtractor(resnet, layers, raw=True)(x)
+    separate = engine(x, torch.tensor([3, 11]))
+    for n in layers:
+        assert torch.allclose(feats[n], ref[n], atol=1e-5) and torch.allclose(rel[n], separate[n], atol=1e-6)
+        assert feats[n].requires_grad and not rel[n].requires_grad
+    feats["layer2.0"].sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    ref["layer2.0"].sum().backward()
+    assert torch.allclose(g, x.grad, atol=1e-4)

@@ -97,8 +97,7 @@ class RelevanceSortMatching:
                 x = pixels[start:start + self.chunk]
                 if downsample > 1:
                     x = F.avg_pool2d(x, downsample)
-                feats = self.extractor(x)
-                rel = self._masks(x, channel.expand(x.shape[0]))
+                feats, rel = self._features_and_masks(x, channel.expand(x.shape[0]))
                 for n in self.layers:
                     if rel is None:
                         accs[n].add(feats[n])
@@ -112,9 +111,16 @@ class RelevanceSortMatching:
         self.importance = {n: torch.stack([importance[i][n] for i in self.refs.index]) for n in self.layers} \
             if importance else {}
 
+    def _features_and_masks(self, x: torch.Tensor, channels: torch.Tensor):
+        """Features (with graph) and relevance (flattened, detached); one shared forward for the LRP methods."""
+        if self.engine is not None and self.relevance != "guided-backprop":
+            feats, rel = self.engine.features_and_relevance(x, channels)
+            flat = {n: f.flatten(2) if f.dim() == 4 else f for n, f in feats.items()}
+            return flat, {n: r.flatten(2) if r.dim() == 4 else r for n, r in rel.items()}
+        return self.extractor(x), self._masks(x.detach(), channels)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.extractor(x)
-        masks = self._masks(x.detach(), self.channels)
+        feats, masks = self._features_and_masks(x, self.channels)
         loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for n, w in zip(self.layers, self.weights, strict=True):
             phi = feats[n] if masks is None else masks[n] * feats[n]

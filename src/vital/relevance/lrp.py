@@ -149,20 +149,47 @@ class RelevanceEngine:
         ch = self._channels(channels, x)
         if self.method == "guided-backprop":
             return guided_backprop(self.model, x, ch, self._guided_target, self._guided_layers, self._check_range)
-        out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            h, ctxs = x.detach(), []
-            for i, step in enumerate(self.steps):
+            h, ctxs, _ = self._forward(x.detach())
+            return self._relevance(h, ctxs, ch)
+
+    def features_and_relevance(self, x: torch.Tensor, channels: torch.Tensor | int
+                               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One forward for both: the outputs of `layers` with their autograd graph to `x` (for a loss), and the
+        relevance maps (detached). Saves the separate feature forward that an optimisation step would otherwise
+        run; for "guided-backprop", which needs a backward of its own, use `__call__`."""
+        if self.method == "guided-backprop":
+            raise VitalError("features_and_relevance needs an LRP method; call the engine for guided backprop")
+        self._check_mode()
+        ch = self._channels(channels, x)
+        h, ctxs, feats = self._forward(x, grad_until=max(self.capture))
+        with torch.no_grad():
+            return feats, self._relevance(h, ctxs, ch)
+
+    def _forward(self, x: torch.Tensor, grad_until: int = -1):
+        """Run the chain to the target, keeping what the rules need; steps up to `grad_until` build a graph."""
+        feats: dict[str, torch.Tensor] = {}
+        h, ctxs = x, []
+        for i, step in enumerate(self.steps):
+            with torch.set_grad_enabled(i <= grad_until and torch.is_grad_enabled()):
                 h, ctx = step.forward(h, keep=i > self.stop)
-                ctxs.append(ctx)
-            self._check_range(h, ch)
-            r = self._start(h, ch)
-            for i in range(self.target_index, self.stop - 1, -1):
-                for n in self.capture.get(i, ()):
-                    out[n] = r
-                if i > self.stop:
-                    r = self.steps[i].relevance(r, ctxs[i])
-                    ctxs[i] = None  # free what this step kept as soon as it is used
+            ctxs.append(ctx)
+            for n in self.capture.get(i, ()):
+                feats[n] = h
+        return h, ctxs, feats
+
+    def _relevance(self, h: torch.Tensor, ctxs: list, ch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backward relevance pass from the target output `h`, through the kept contexts (call under no_grad)."""
+        out: dict[str, torch.Tensor] = {}
+        h = h.detach()
+        self._check_range(h, ch)
+        r = self._start(h, ch)
+        for i in range(self.target_index, self.stop - 1, -1):
+            for n in self.capture.get(i, ()):
+                out[n] = r
+            if i > self.stop:
+                r = self.steps[i].relevance(r, ctxs[i])
+                ctxs[i] = None  # free what this step kept as soon as it is used
         return {n: out[n] for n in self.layers}
 
 
