@@ -1,4 +1,4 @@
-"""Command line: vital class | neuron | mine | demo | models | layers.
+"""Command line: vital class | neuron | mine | compare | eval | report | batch | demo | models | layers.
 
 Every user error (a `VitalError`) is printed as one line starting with "error:" and exits with status 2."""
 
@@ -234,6 +234,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vital", description="Feature visualization by distribution alignment (VITAL)")
     sub = p.add_subparsers(dest="command", required=True)
+    from vital.jobs.cli import add_batch_parser
+
+    add_batch_parser(sub)
 
     c = sub.add_parser("class", help="visualise class neurons (several --class values run as one batch)")
     _add_model(c)

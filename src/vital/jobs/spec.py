@@ -1,0 +1,216 @@
+"""What a batch job asks for, read from a TOML job file and/or command-line flags.
+
+A job is either a visualisation job (a model, many targets, a method, references, run and speed options) or a
+mining job (a model, layers and an image folder, mined in shards). Everything that decides the results is in
+`identity()`, which the job manifest stores so that a rerun into the same folder is known to be the same job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vital.errors import VitalError, closest
+from vital.methods.base import RunOptions
+from vital.models.zoo import VisionModel, load_model
+from vital.speed import SpeedOptions
+from vital.targets import Channel, Class, Target, parse_range
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+REFERENCE_SOURCES = ("none", "offline", "folder", "class-folder", "store")
+_RUN_FIELDS = {"steps", "setting", "seed", "progress"}  # job-level, not `options`
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker rebuilds the model: a registered name with weights, or a factory "package.module:function"
+    (returning a VisionModel or an nn.Module) that every worker can import. Never a pickled module."""
+
+    name: str | None = None
+    weights: str | None = "default"
+    factory: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.factory is None):
+            raise VitalError("give exactly one of model (a name such as resnet50) or factory (package.module:function)")
+        if self.factory is not None and ":" not in self.factory:
+            raise VitalError(f"factory '{self.factory}' must read package.module:function")
+
+    def load(self, device: str) -> VisionModel:
+        """The model on `device`. A random network by name (weights None) is drawn from a fixed seed, so that
+        every worker process builds the same one."""
+        if self.name is not None:
+            if self.weights is not None:
+                return load_model(self.name, self.weights, device)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return load_model(self.name, None, device)
+        made = self.callable()()
+        return load_model(made, device=device) if not isinstance(made, VisionModel) else made.to(device)
+
+    def callable(self) -> Callable[[], Any]:
+        module, _, attr = self.factory.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise VitalError(f"cannot import model factory '{self.factory}' ({e}); put its module on PYTHONPATH") from e
+        return obj
+
+    def import_root(self) -> str | None:
+        """The sys.path folder the factory's module is imported from (shipped to Ray workers), if any."""
+        if self.factory is None:
+            return None
+        module = self.factory.partition(":")[0]
+        path = Path(getattr(sys.modules.get(module) or importlib.import_module(module), "__file__", "") or "")
+        if not path.name:
+            return None
+        depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
+        return str(path.resolve().parents[depth])
+
+
+@dataclass(frozen=True)
+class References:
+    """Where each target's references come from: `offline` photos (classes), an ImageNet-style `class-folder`,
+    one shared `folder`, a mining `store` (channels: its top images or patches), or `none` (baselines)."""
+
+    source: str = "none"
+    path: str | None = None
+    n: int = 50
+    kind: str = "images"
+
+    def __post_init__(self) -> None:
+        if self.source not in REFERENCE_SOURCES:
+            raise VitalError(f"unknown reference source '{self.source}'; use one of {', '.join(REFERENCE_SOURCES)}")
+        if self.source in ("folder", "class-folder", "store") and not self.path:
+            raise VitalError(f"references from a {self.source} need a path (--refs PATH)")
+        if self.kind not in ("images", "patches"):
+            raise VitalError(f"unknown reference kind '{self.kind}'; use images or patches")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A visualisation job: every target is run with the same model, method, references rule and options."""
+
+    model: ModelSpec
+    targets: tuple[Target, ...]
+    method: str = "vital"
+    steps: int | None = None
+    setting: int = 1
+    seed: int = 0
+    references: References = References()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    speed: SpeedOptions = SpeedOptions()
+    device: str | None = None
+    batch_size: int | None = None  # None: sized to the device (see vital.jobs.work.batch_size_for)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise VitalError("the job has no targets; give --classes or --layer with --channels")
+        if len(set(self.targets)) != len(self.targets):
+            raise VitalError("the job lists a target twice; give each class or channel once")
+        bad = (set(self.options) - set(RunOptions.__dataclass_fields__)) | (set(self.options) & _RUN_FIELDS)
+        if bad:
+            raise VitalError(f"unknown option(s) {sorted(bad)} in [options]; valid: "
+                             f"{sorted(set(RunOptions.__dataclass_fields__) - _RUN_FIELDS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise VitalError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides the results (not the device, batch size being fixed per output folder)."""
+        return {"model": asdict(self.model), "targets": [str(t) for t in self.targets], "method": self.method,
+                "steps": self.steps, "setting": self.setting, "seed": self.seed,
+                "references": asdict(self.references), "options": dict(self.options), "speed": asdict(self.speed)}
+
+
+@dataclass(frozen=True)
+class MineJob:
+    """A mining job: `layers` of the model over an image folder, in `shards` contiguous parts merged at the end."""
+
+    model: ModelSpec
+    layers: tuple[str, ...]
+    images: str
+    k: int = 50
+    n_images: int | None = None
+    batch_size: int = 32
+    shards: int = 1
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise VitalError("no layers to mine; give --mine LAYER[,LAYER...]")
+        if self.shards < 1 or self.batch_size < 1:
+            raise VitalError(f"shards and batch_size must be at least 1, got {self.shards} and {self.batch_size}")
+
+
+def _targets(spec: Mapping[str, Any]) -> tuple[Target, ...]:
+    unknown = set(spec) - {"classes", "layer", "channels"}
+    if unknown:
+        raise VitalError(f"unknown key(s) {sorted(unknown)} in [targets]; use classes, layer, channels")
+
+    def indices(value) -> list[int]:
+        return parse_range(value) if isinstance(value, str) else [int(v) for v in value]
+
+    out: list[Target] = [Class(k) for k in indices(spec.get("classes", []))]
+    if "channels" in spec:
+        if not spec.get("layer"):
+            raise VitalError("channels need a layer (--layer layer4.2 --channels 0-2047)")
+        out += [Channel(spec["layer"], c) for c in indices(spec["channels"])]
+    elif "layer" in spec:
+        raise VitalError(f"layer '{spec['layer']}' is given without channels; add --channels 0-N")
+    return tuple(out)
+
+
+_TOP_KEYS = {"model", "weights", "factory", "method", "steps", "setting", "seed", "device", "batch_size",
+             "targets", "references", "options", "speed", "mine"}
+
+
+def _section(d: Mapping[str, Any], cls, name: str):
+    valid = {f.name for f in fields(cls)}
+    unknown = set(d) - valid
+    if unknown:
+        key = sorted(unknown)[0]
+        raise VitalError(f"unknown key '{key}' in [{name}].{closest(key, valid)} Valid: {', '.join(sorted(valid))}")
+    return cls(**d)
+
+
+def job_from_dict(d: Mapping[str, Any]) -> Job | MineJob:
+    """A `Job` (or a `MineJob` when there is a [mine] section) from a parsed job file merged with flags."""
+    unknown = set(d) - _TOP_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise VitalError(f"unknown key '{key}' in the job file.{closest(key, _TOP_KEYS)}")
+    weights = d.get("weights", "default")
+    model = ModelSpec(d.get("model"), None if str(weights).lower() == "none" else weights, d.get("factory"))
+    if "mine" in d:
+        mine = dict(d["mine"])
+        if "layers" in mine and isinstance(mine["layers"], str):
+            mine["layers"] = [v.strip() for v in mine["layers"].split(",") if v.strip()]
+        mine["layers"] = tuple(mine.get("layers", ()))
+        return _section({**mine, "model": model, "device": d.get("device")}, MineJob, "mine")
+    return Job(model=model, targets=_targets(d.get("targets", {})), method=d.get("method", "vital"),
+               steps=d.get("steps"), setting=d.get("setting", 1), seed=d.get("seed", 0),
+               references=_section(d.get("references", {}), References, "references"),
+               options=dict(d.get("options", {})), speed=_section(d.get("speed", {}), SpeedOptions, "speed"),
+               device=d.get("device"), batch_size=d.get("batch_size"))
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise VitalError(f"job file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise VitalError(f"job file {path} is not valid TOML: {e}") from e

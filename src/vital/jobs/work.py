@@ -1,0 +1,142 @@
+"""The worker side of a job, the same in-process and in a Ray task: rebuild the model once per process, build a
+batch's references, run the batch and hand back each target's files as bytes (the driver writes them).
+
+Batch size rule (`batch_size_for`): on CUDA, one probe step with one and with two targets measures the memory a
+run needs beyond the loaded model (base) and per extra target (slope); the batch is the largest B with
+base + B * slope <= 85% of the memory free before the probe, capped at 64. On the CPU a batch gains little (the
+cores are busy with one image already), so the batch is a fixed `CPU_BATCH` unless the job sets one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vital.errors import VitalError
+from vital.jobs.spec import Job, ModelSpec
+from vital.models.zoo import VisionModel
+from vital.references.images import ReferenceSet, from_class_folder, from_folder
+from vital.speed import SpeedOptions, accelerate, autocast
+from vital.targets import Channel, Class, Target
+from vital.visualize import Result, visualize
+
+CPU_BATCH = 4
+HEADROOM = 0.85
+MAX_BATCH = 64
+
+_MODELS: dict[tuple, tuple[VisionModel, dict]] = {}  # one model per worker process, reused by its tasks
+
+
+@dataclass
+class TargetFiles:
+    """One finished target: its folder name and the bytes of every file in it (paths relative to the folder)."""
+
+    slug: str
+    target: str
+    files: dict[str, bytes]
+
+
+def device_for(job_device: str | None) -> str:
+    return job_device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def worker_model(spec: ModelSpec, device: str, speed: SpeedOptions) -> tuple[VisionModel, dict]:
+    """The model for this process, built (and sped up, with its speed check) on first use only."""
+    key = (spec, device, speed)
+    if key not in _MODELS:
+        _MODELS.clear()
+        model = spec.load(device)
+        _MODELS[key] = (model, accelerate(model, speed))
+    return _MODELS[key]
+
+
+def references_for(job: Job, targets: Sequence[Target]) -> list[ReferenceSet | None]:
+    r = job.references
+    if r.source == "none":
+        return [None] * len(targets)
+    if r.source == "folder":
+        return [from_folder(r.path, n=r.n, seed=job.seed)] * len(targets)
+    if r.source == "store":
+        from vital.references.mining import MiningStore
+
+        store = MiningStore.load(r.path)
+        return [store.references(t.layer, t.channel, r.kind, r.n) if isinstance(t, Channel) else _no_refs(t, r.source)
+                for t in targets]
+    if r.source == "class-folder":
+        return [from_class_folder(r.path, t.index, n=r.n, seed=job.seed) if isinstance(t, Class)
+                else _no_refs(t, r.source) for t in targets]
+    from vital.references.photos import photo_references
+
+    return [photo_references(t.index, n=min(r.n, 32), seed=job.seed) if isinstance(t, Class) else _no_refs(t, r.source)
+            for t in targets]
+
+
+def _no_refs(t: Target, source: str):
+    raise VitalError(f"references from a {source} do not apply to {t}; use a mining store for channels and "
+                     "offline photos or a class folder for classes")
+
+
+def _single(result: Result, i: int, batch: dict) -> Result:
+    """Target i of a batch result as a result of its own (its record says which batch it was optimised in)."""
+    record = dict(result.record)
+    for key in ("targets", "references", "final_loss"):
+        record[key] = [record[key][i]]
+    history = result.history[:, i:i + 1]
+    record["loss_curve"] = history[:: max(1, len(history) // 100), 0].tolist()
+    record["batch"] = {**batch, "position": i}
+    return Result(result.images[i:i + 1], result.grad_accumulator[i:i + 1], history, [result.targets[i]],
+                  [result.labels[i]], [result.references[i]], record)
+
+
+def _read_tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_batch(job: Job, targets: Sequence[Target], batch_index: int = 0, progress: bool = False) -> list[TargetFiles]:
+    """Optimise `targets` together as one batch and return the files of each."""
+    model, speed_report = worker_model(job.model, device_for(job.device), job.speed)
+    refs = references_for(job, targets)
+    with autocast(model, job.speed):
+        result = visualize(model, list(targets), refs, method=job.method, steps=job.steps, setting=job.setting,
+                           seed=job.seed, progress=progress, **job.options)
+    batch = {"index": batch_index, "targets": [str(t) for t in targets], "speed": speed_report}
+    out = []
+    for i, t in enumerate(targets):
+        with tempfile.TemporaryDirectory(prefix="vital-target-") as tmp:
+            _single(result, i, batch).save(tmp, sheet=False)
+            out.append(TargetFiles(t.slug(), str(t), _read_tree(Path(tmp))))
+    return out
+
+
+def batch_size_for(free_bytes: int, base_bytes: int, per_target_bytes: int, headroom: float = HEADROOM,
+                   cap: int = MAX_BATCH) -> int:
+    """The largest B with base + B * per_target <= headroom * free, at least 1 and at most `cap`."""
+    room = headroom * free_bytes - base_bytes
+    return max(1, min(cap, int(room // max(1, per_target_bytes))))
+
+
+def suggest_batch_size(job: Job, probe_targets: Sequence[Target]) -> tuple[int, dict]:
+    """(batch size, how it was chosen) for this job on this process's device; see the module docstring."""
+    device = torch.device(device_for(job.device))
+    if device.type != "cuda":
+        return CPU_BATCH, {"rule": f"fixed {CPU_BATCH} on {device.type}"}
+    model, _ = worker_model(job.model, str(device), job.speed)
+    refs = references_for(job, probe_targets[:2])
+    free = torch.cuda.mem_get_info(device)[0]
+    peaks = []
+    for n in (1, 2)[: len(probe_targets)]:
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with autocast(model, job.speed):
+            visualize(model, list(probe_targets[:n]), refs[:n], method=job.method, steps=1, setting=job.setting,
+                      seed=job.seed, progress=False, **job.options)
+        peaks.append(torch.cuda.max_memory_allocated(device) - start)
+    slope = peaks[1] - peaks[0] if len(peaks) == 2 and peaks[1] > peaks[0] else peaks[0]
+    size = batch_size_for(free, peaks[0] - slope, slope)
+    return size, {"rule": "cuda probe", "free_bytes": free, "base_bytes": peaks[0] - slope,
+                  "per_target_bytes": slope, "headroom": HEADROOM, "cap": MAX_BATCH}

@@ -1,0 +1,285 @@
+"""Batch jobs: the plan, the layout, resuming after a kill, failures, the command line and sharded mining."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import vital
+from vital.errors import VitalError
+from vital.io import to_uint8
+from vital.jobs import Job, MineJob, ModelSpec, References, add_batch_parser, plan, run_job, run_mining
+from vital.jobs.work import batch_size_for
+from vital.models import load_model
+from vital.references.images import from_folder
+from vital.references.mining import MiningStore, mine
+from vital.references.mining_merge import merge_stores, shard_bounds
+
+FACTORY = "test_batch:tiny_sequential"
+TESTS = str(Path(__file__).parent)
+
+
+def tiny_sequential() -> vital.models.zoo.VisionModel:
+    """A seeded 3-conv classifier (an nn.Sequential, so LRP has rules for it): the same network in every process."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    return load_model(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size=32, name="tinyseq",
+                      categories=[f"c{i}" for i in range(10)])
+
+
+def noise_folder(folder: Path, n: int, seed: int = 0, broken: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        shift = 60 * np.sin(i)  # images that differ in brightness as well as noise
+        im = np.clip(rng.normal(128 + shift, 50, (40, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(im).save(folder / f"img{i:02d}.png")
+    if broken:
+        (folder / "img99_broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+@pytest.fixture
+def refs_dir(tmp_path):
+    return noise_folder(tmp_path / "refs", 6)
+
+
+def class_job(refs: Path, classes=range(5), **kw) -> Job:
+    base = dict(model=ModelSpec(factory=FACTORY), targets=tuple(vital.Class(k) for k in classes), steps=3, seed=3,
+                references=References("folder", str(refs), n=6), batch_size=2)
+    return Job(**{**base, **kw})
+
+
+def pixels(folder: Path) -> dict[str, np.ndarray]:
+    """Every target's image in a job folder, by target folder name."""
+    return {d.name: np.asarray(Image.open(d / f"{d.name}.png")) for d in sorted(folder.iterdir())
+            if d.is_dir() and not d.name.startswith(".")}
+
+
+def test_plan_groups_kinds_and_layers_then_cuts_batches():
+    c, ch = vital.Class, vital.Channel
+    targets = [c(1), ch("a", 0), c(2), ch("b", 5), ch("a", 1), c(3), ch("a", 2)]
+    assert plan(targets, 2) == [[c(1), c(2)], [c(3)], [ch("a", 0), ch("a", 1)], [ch("a", 2)], [ch("b", 5)]]
+    assert plan(targets, 10) == [[c(1), c(2), c(3)], [ch("a", 0), ch("a", 1), ch("a", 2)], [ch("b", 5)]]
+
+
+def test_batch_size_rule():
+    gib = 2**30
+    assert batch_size_for(10 * gib, 2 * gib, gib // 2) == int((0.85 * 10 - 2) * 2)  # 13
+    assert batch_size_for(gib, 2 * gib, gib) == 1  # never below one
+    assert batch_size_for(100 * gib, 0, 1, cap=64) == 64
+
+
+def test_job_results_match_a_direct_batched_run(tmp_path, refs_dir):
+    job = class_job(refs_dir)
+    summary = run_job(job, tmp_path / "out", progress=False)
+    assert (summary["done"], summary["skipped"], summary["failed"], summary["batches_run"]) == (5, 0, 0, 3)
+    out = tmp_path / "out"
+    manifest = json.loads((out / "job.json").read_text())
+    assert manifest["batch_size"] == 2 and manifest["job"]["targets"] == [f"class{k}" for k in range(5)]
+    assert json.loads((out / "summary.json").read_text())["done"] == 5
+    # batch 1 holds classes 2 and 3: rerun it directly through the public API
+    direct = vital.visualize(tiny_sequential(), [vital.Class(2), vital.Class(3)], from_folder(refs_dir, n=6, seed=3),
+                             steps=3, seed=3, progress=False)
+    got = pixels(out)
+    assert set(got) == {f"class{k:04d}" for k in range(5)}
+    assert np.array_equal(got["class0003"], to_uint8(direct.images[1]))
+    record = json.loads((out / "class0003" / "record.json").read_text())
+    assert record["targets"][0]["index"] == 3 and record["batch"]["position"] == 1
+    assert record["batch"]["targets"] == ["class2", "class3"]
+    assert record["final_loss"] == pytest.approx([direct.record["final_loss"][1]])
+
+
+def test_rerun_skips_complete_redoes_partial_and_refuses_another_job(tmp_path, refs_dir):
+    out = tmp_path / "out"
+    job = class_job(refs_dir)
+    run_job(job, out, progress=False)
+    first = pixels(out)
+    (out / "class0004" / "class0004.png").unlink()  # damaged by hand: redone
+    (out / ".tmp-class0001-1-dead").mkdir()  # what a killed writer leaves
+    summary = run_job(job, out, progress=False)
+    assert (summary["done"], summary["skipped"], summary["batches_run"]) == (1, 4, 1)
+    assert not list(out.glob(".tmp-*"))
+    again = pixels(out)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    with pytest.raises(VitalError, match="another job"):
+        run_job(class_job(refs_dir, steps=4), out, progress=False)
+    with pytest.raises(VitalError, match="batch size 2"):
+        run_job(class_job(refs_dir, batch_size=3), out, progress=False)
+
+
+def test_failed_batch_is_reported_and_the_rest_is_done(tmp_path, refs_dir):
+    job = class_job(refs_dir, classes=[1, 2, 3], batch_size=2, references=References("offline", n=4))
+    summary = run_job(job, tmp_path / "out", progress=False)  # no offline photo for classes 1-3
+    assert (summary["done"], summary["failed"]) == (0, 3)
+    assert "no offline photo for class 1" in summary["failures"][0]["reason"]
+    assert [f["target"] for f in summary["failures"]] == ["class1", "class2", "class3"]
+
+
+def test_interrupt_keeps_finished_batches_and_writes_the_summary(tmp_path, refs_dir, monkeypatch):
+    from vital.jobs import runner
+
+    calls = []
+
+    def interrupted_second_batch(job, batch, index):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, batch, index)
+
+    real = runner.run_batch
+    monkeypatch.setattr(runner, "run_batch", interrupted_second_batch)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(class_job(refs_dir), out, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["done"] == 2
+    assert set(pixels(out)) == {"class0000", "class0001"}
+
+
+def _script(job_args: str) -> str:
+    return (f"import sys; from vital.jobs.cli import cmd_batch, add_batch_parser; import argparse\n"
+            f"p = argparse.ArgumentParser(); add_batch_parser(p.add_subparsers())\n"
+            f"code = cmd_batch(p.parse_args({job_args!r}.split()))\n"
+            "assert 'ray' not in sys.modules, 'ray imported without --ray'\n"
+            "sys.exit(code)\n")
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path, refs_dir):
+    """A run killed (SIGKILL) after its first result, then rerun, equals an uninterrupted run. All runs use one
+    thread, so that every process computes bit-identical images."""
+    args = (f"batch --factory {FACTORY} --classes 0-7 --refs {refs_dir} --refs-flat -n 6 --steps 15 --seed 3 "
+            "--batch-size 2 --quiet --out ")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    whole = subprocess.run([sys.executable, "-c", _script(args + str(tmp_path / "whole"))], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert "8 done, 0 skipped" in whole.stdout
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _script(args + str(killed))], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "class0000").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    partial = set(pixels(killed))
+    assert 0 < len(partial) < 8  # killed in the middle
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_job(Job(model=ModelSpec(factory=FACTORY), targets=tuple(vital.Class(k) for k in range(8)),
+                              steps=15, seed=3, references=References("folder", str(refs_dir), n=6)), killed,
+                          progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["skipped"] == len(partial) and summary["done"] == 8 - len(partial)
+    a, b = pixels(tmp_path / "whole"), pixels(killed)
+    assert set(a) == set(b) == {f"class{k:04d}" for k in range(8)}
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not list(killed.glob(".tmp-*")) and not list(killed.glob(".old-*"))
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_batch_parser(p.add_subparsers())
+    return p.parse_args(argv)
+
+
+def test_job_file_and_flags(tmp_path, refs_dir, capsys):
+    from vital.jobs.cli import cmd_batch, job_dict
+    from vital.jobs.spec import job_from_dict
+
+    toml = tmp_path / "job.toml"
+    toml.write_text(f'factory = "{FACTORY}"\nsteps = 2\nseed = 1\n[targets]\nlayer = "2"\nchannels = "0-2"\n'
+                    f'[references]\nsource = "folder"\npath = "{refs_dir}"\nn = 4\n[options]\nrelevance = "none"\n'
+                    '[speed]\nchannels_last = true\n')
+    job = job_from_dict(job_dict(_parse(["batch", str(toml), "--steps", "3", "--out", "x"])))
+    assert job.steps == 3 and job.seed == 1 and job.speed.channels_last and job.options == {"relevance": "none"}
+    assert job.targets == (vital.Channel("2", 0), vital.Channel("2", 1), vital.Channel("2", 2))
+    assert job.references == References("folder", str(refs_dir), 4)
+    assert cmd_batch(_parse(["batch", str(toml), "--batch-size", "2", "-q", "--out", str(tmp_path / "o")])) == 0
+    assert "3 done, 0 skipped (already complete), 0 failed of 3 targets" in capsys.readouterr().out
+    toml.write_text(f'factory = "{FACTORY}"\nstep = 2\n')
+    with pytest.raises(VitalError, match="unknown key 'step'.*steps"):
+        job_from_dict(job_dict(_parse(["batch", str(toml), "--out", "x"])))
+    with pytest.raises(VitalError, match="no targets"):
+        job_from_dict(job_dict(_parse(["batch", "--model", "resnet18", "--out", "x"])))
+    with pytest.raises(VitalError, match="without channels"):
+        job_from_dict(job_dict(_parse(["batch", "--model", "resnet18", "--layer", "layer4", "--out", "x"])))
+    mine_job = job_from_dict(job_dict(_parse(["batch", "-m", "resnet18", "--weights", "none", "--mine", "layer1,layer2",
+                                              "--images", "imgs", "--shards", "4", "--out", "x"])))
+    assert mine_job == MineJob(ModelSpec("resnet18", None), ("layer1", "layer2"), "imgs", shards=4)
+
+
+def test_shard_bounds():
+    assert shard_bounds(11, 3, 2) == [(0, 4), (4, 8), (8, 11)]
+    assert shard_bounds(5, 4, 2) == [(0, 2), (2, 4), (4, 5)]  # never more shards than batches
+    assert shard_bounds(3, 1, 8) == [(0, 3)]
+
+
+def _same_store(a: MiningStore, b: MiningStore) -> None:
+    assert a.files == b.files
+    assert a.index["skipped"] == b.index["skipped"] == ["img99_broken.jpg"]
+    drop = ("created", "updated")
+    assert {k: v for k, v in a.index.items() if k not in drop} == {k: v for k, v in b.index.items() if k not in drop}
+    for layer in a.layers:
+        for name, t in a.tensors[layer].items():
+            assert torch.equal(t, b.tensors[layer][name]), (layer, name)
+
+
+def test_sharded_mining_merges_into_the_single_pass_store(tmp_path):
+    images = noise_folder(tmp_path / "images", 10, seed=1, broken=True)
+    model = tiny_sequential()
+    with pytest.warns(UserWarning, match="unreadable"):
+        single = mine(model, ["2", "4"], images, k=3, n_images=4, batch_size=2, out=tmp_path / "single",
+                      progress=False)
+    job = MineJob(ModelSpec(factory=FACTORY), ("2", "4"), str(images), k=3, n_images=4, batch_size=2, shards=3)
+    with pytest.warns(UserWarning, match="unreadable"):
+        merged, summary = run_mining(job, tmp_path / "merged", progress=False)
+    assert (summary["shards"], summary["shards_run"], summary["failed"]) == (3, 3, 0)
+    _same_store(single, merged)
+    _same_store(single, MiningStore.load(tmp_path / "merged"))
+    assert merged.references("4", 5, "patches", 2).images[0][0] == single.references("4", 5, "patches", 2).images[0][0]
+    _, again = run_mining(job, tmp_path / "merged", progress=False)  # finished shards are not mined again
+    assert again["shards_run"] == 0
+    # the merge alone, of two shards mined by hand
+    shards = []
+    for i, (a, b) in enumerate(shard_bounds(11, 2, 2)):
+        part = tmp_path / f"part{i}"
+        part.mkdir()
+        for name in sorted(p.name for p in images.iterdir())[a:b]:
+            (part / name).symlink_to(images / name)
+        with pytest.warns(UserWarning) if i == 1 else contextlib.nullcontext():
+            mine(model, ["2", "4"], part, k=3, n_images=4, batch_size=2, out=tmp_path / f"store{i}", progress=False)
+        shards.append(tmp_path / f"store{i}")
+    _same_store(single, merge_stores(shards, tmp_path / "by_hand", images))
+
+
+
+def test_random_named_model_is_the_same_in_every_worker():
+    """A worker rebuilds `--model resnet18 --weights none` from a fixed seed, leaving the caller's RNG alone."""
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    a, b = ModelSpec("resnet18", None).load("cpu"), ModelSpec("resnet18", None).load("cpu")
+    assert torch.equal(torch.rand(1), expected_next)
+    assert all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values(),
+                                                 strict=True))
