@@ -57,3 +57,15 @@ def test_maco_magnitude_from_file(tiny_model, refs, tmp_path):
     res = vital.visualize(tiny_model, vital.Class(1), None, method="maco", steps=3, progress=False,
                           extra={"maco_magnitude": str(path)})
     assert res.record["recipe"]["magnitude"] == str(path)
+
+
+def test_direction_target_maximises_the_projection(tiny_model, refs):
+    v = tuple(float(i % 3 == 0) for i in range(12))
+    res = vital.visualize(tiny_model, vital.Direction("stage1", v), None, method="pixel", steps=20, progress=False,
+                          warmup=2)
+    assert res.history[-3:].mean() < res.history[:3].mean()
+    with pytest.raises(VitalError, match="direction has 3 components"):
+        vital.visualize(tiny_model, vital.Direction("stage1", (1.0, 0.0, 0.0)), None, method="pixel", steps=1,
+                        progress=False)
+    with pytest.raises(VitalError, match="visualise a direction with method"):
+        vital.visualize(tiny_model, vital.Direction("stage1", v), refs, steps=1, progress=False)

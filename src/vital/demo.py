@@ -23,7 +23,7 @@ from vital.targets import Channel, Class
 from vital.visualize import visualize
 
 DEMO_CLASSES = (282, 967)  # tiger cat (chelsea.png), espresso (coffee.png)
-DEMO_STEPS = 600
+DEMO_STEPS = 1000
 NEURON_LAYER = "_blocks.10"
 NEURON_REFS = 8
 

@@ -25,6 +25,7 @@ from vital.errors import VitalError
 
 TRANSPARENCY_SUFFIX = "_transparency"
 THUMB = 112
+MAX_REFERENCES = 9  # thumbnails per row: enough to see what the references are, short enough to scan the page
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #fafafa; }
@@ -239,7 +240,7 @@ def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title:
     head = "".join(f"<th>{e(m)}</th>" for m in ["target", "references", *methods])
     body = []
     for row in rows:
-        thumbs = [(p, assets.thumb(p)) for p in row.references]
+        thumbs = [(p, assets.thumb(p)) for p in row.references[:MAX_REFERENCES]]
         refs = "".join(f'<img src="{e(t)}" alt="{e(p.name)}" title="{e(p.name)}">' for p, t in thumbs if t)
         cells = ["".join(_cell(c, assets) for c in row.cells if c.method == m) for m in methods]
         body.append(f'<tr><th class="target">{e(row.target)}</th><td><div class="refs">{refs}</div></td>'

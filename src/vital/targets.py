@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from vital.errors import VitalError
@@ -45,7 +46,8 @@ class Direction:
         return f"{self.layer}:direction"
 
     def slug(self) -> str:
-        return f"{self.layer.replace('.', '_')}_dir"
+        digest = hashlib.sha1(repr(self.vector).encode()).hexdigest()[:8]  # distinct files for distinct vectors
+        return f"{self.layer.replace('.', '_')}_dir{digest}"
 
 
 Target = Class | Channel | Direction

@@ -17,6 +17,7 @@ from vital.io import (
     ensure_writable,
     save_png,
     save_rgba,
+    to_uint8,
     transparency_rgba,
     versions,
     write_json,
@@ -25,7 +26,7 @@ from vital.methods import RunOptions, build_recipe
 from vital.models.zoo import VisionModel, load_model
 from vital.optimize import optimize
 from vital.references.images import ReferenceSet, load_rgb
-from vital.targets import Channel, Class, Target
+from vital.targets import Channel, Class, Direction, Target
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Result:
                     path = out / "references" / f"{stem}_{j:02d}.jpg"
                     im.convert("RGB").resize((112, 112), Image.BICUBIC).save(path, quality=90)
                     thumbs.append(str(path.relative_to(out)))
-            rows.append((self.labels[i], Image.open(images[-1]), Image.fromarray(rgba, "RGBA"), ref_imgs))
+            rows.append((self.labels[i], Image.fromarray(to_uint8(self.images[i])), Image.fromarray(rgba, "RGBA"),
+                         ref_imgs))
             outputs.append({"target": str(t), "label": self.labels[i], "image": images[-1].name,
                             "transparency": alphas[-1].name, "reference_thumbnails": thumbs})
         record = dict(self.record)
@@ -150,8 +152,9 @@ def _check_target(model: VisionModel, t: Target) -> None:
     elif isinstance(t, Channel):
         if t.channel < 0:
             raise VitalError(f"channel must be non-negative, got {t.channel}")
-    else:
-        raise VitalError(f"unsupported target {t!r}: use vital.Class(k) or vital.Channel(layer, c)")
+    elif not isinstance(t, Direction):
+        raise VitalError(f"unsupported target {t!r}: use vital.Class(k), vital.Channel(layer, c) or "
+                         "vital.Direction(layer, vector)")
 
 
 def _label(model: VisionModel, t: Target) -> str:

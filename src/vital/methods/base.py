@@ -30,7 +30,6 @@ class RunOptions:
     flip: bool | None = None
     lr: float | None = None
     warmup: int | None = None
-    n_refs: int | None = None
     relevance: str = "lrp"
     progress: bool = True
     extra: dict = field(default_factory=dict)

@@ -21,13 +21,13 @@ from vital.features import FeatureExtractor
 from vital.methods.base import Recipe, RunOptions, register
 from vital.methods.vital import check_input_size, loop_settings
 from vital.models.zoo import VisionModel
-from vital.objectives.activation import channel_activation, class_logit
+from vital.objectives.activation import channel_activation, class_logit, direction
 from vital.objectives.batchnorm import BatchNormStats
 from vital.params.fourier import FourierParam
 from vital.params.maco import MacoParam, load_magnitude, maco_augment, maco_magnitude_from_images
 from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
-from vital.targets import Channel, Class, Target
+from vital.targets import Channel, Class, Direction, Target
 
 
 class ActivationObjective:
@@ -47,8 +47,15 @@ class ActivationObjective:
             self.layers = sorted({t.layer for t in self.targets})
             self.extractor = FeatureExtractor(model.module, self.layers)
             self.index = torch.tensor([t.channel for t in self.targets], device=dev)
+        elif all(isinstance(t, Direction) for t in self.targets) and len({t.layer for t in self.targets}) == 1:
+            self.kind = "direction"
+            self.layers = [self.targets[0].layer]
+            self.extractor = FeatureExtractor(model.module, self.layers)
+            self.vectors = torch.tensor([t.vector for t in self.targets], device=dev, dtype=model.dtype)
+            self.index = torch.arange(len(self.targets), device=dev)  # row of `vectors` for each view
         else:
-            raise VitalError("a batch must hold only Class or only Channel targets; run them separately")
+            raise VitalError("a batch must hold only Class, only Channel, or only Direction targets of one layer; "
+                             "run them separately")
 
     def prepare(self, downsample: int) -> None:
         """Nothing on the reference side: activation objectives use no references."""
@@ -60,6 +67,12 @@ class ActivationObjective:
                 return F.cross_entropy(logits, index, reduction="none")
             return class_logit(logits, index)
         feats = self.extractor(x)
+        if self.kind == "direction":
+            act = feats[self.layers[0]]
+            if act.shape[1] != self.vectors.shape[1]:
+                raise VitalError(f"direction has {self.vectors.shape[1]} components but layer '{self.layers[0]}' has "
+                                 f"{act.shape[1]} channels")
+            return direction(act, self.vectors[index])
         views = x.shape[0] // len(self.targets)
         losses = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for layer in self.layers:

@@ -16,7 +16,7 @@ from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_l
 from vital.optimize import LoopSettings, setting
 from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
-from vital.targets import Class, Target
+from vital.targets import Class, Direction, Target
 
 
 class ReferencePixels:
@@ -128,6 +128,9 @@ def check_input_size(model: VisionModel, settings: LoopSettings) -> None:
 @register("vital")
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
           opts: RunOptions) -> Recipe:
+    if any(isinstance(t, Direction) for t in targets):
+        raise VitalError("VITAL aligns distributions for classes and channels; visualise a direction with method "
+                         "pixel, fourier or maco")
     if not all(isinstance(t, Class) for t in targets):
         from vital.methods.vital_neuron import build_neuron
 

@@ -8,7 +8,7 @@ pattern from `stage_ends`, computed from one forward pass, so every model works 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,7 +26,6 @@ class Preset:
     l2: float = 0.0
     tv_l1: float = 0.0
     source: str = "paper"
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 def _vit(layers: tuple[int, ...], weights=(1, 1, 1, 1, 1), tv: float = 0.0, source: str = "paper") -> Preset:
