@@ -102,7 +102,7 @@ def _source(images, model: VisionModel) -> tuple[Dataset, dict[str, Any], int]:
     return _Folder(root, files, model.transform(), model.size), fingerprint, model.size
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write via a temporary file in the same folder and os.replace, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -115,8 +115,8 @@ def _atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+def write_json_atomic(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def _mismatch(path: Path, old: dict, new: dict) -> str | None:
@@ -141,7 +141,7 @@ def _without_root(fingerprint: dict) -> dict:
     return {key: value for key, value in fingerprint.items() if key != "root"}
 
 
-_HEADER_KEYS = ("model", "weights_id", "layers", "dataset", "preprocessing", "k", "n_images")
+HEADER_KEYS = ("model", "weights_id", "layers", "dataset", "preprocessing", "k", "n_images")
 
 
 Lists = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per channel, best first: scores, image indices, boxes
@@ -304,11 +304,11 @@ class MiningStore:
             for col, (_, im) in enumerate(self._patches(layer, c, n)):
                 sheet.paste(im.resize((tile, tile), Image.Resampling.BILINEAR), (col * tile, row * tile))
         path = Path(path)
-        _atomic(path, lambda f: sheet.save(f, format="PNG"))
+        atomic_write(path, lambda f: sheet.save(f, format="PNG"))
         return path
 
 
-def _final(lists: Lists, k: int, n: int) -> dict[str, torch.Tensor]:
+def final_tensors(lists: Lists, k: int, n: int) -> dict[str, torch.Tensor]:
     scores, index, boxes = (t.cpu() for t in lists)
     return {"image_scores": scores[:, :n].clone(), "image_index": index[:, :n].clone(),
             "patch_scores": scores[:, :k].clone(), "patch_index": index[:, :k].clone(),
@@ -391,10 +391,10 @@ def mine(
                   "lists": {name: tuple(t.cpu() for t in ls) for name, ls in lists.items()},
                   "names": [] if isinstance(data, _Folder) else names}
         if complete:
-            saving["final"] = {name: _final(ls, k, n_images) for name, ls in lists.items()}
-            _write_json(path / FILES, names)
-        _atomic(path / STATE, lambda f: torch.save(saving, f))
-        _write_json(path / INDEX, _index(header, seen, skipped, complete, created))
+            saving["final"] = {name: final_tensors(ls, k, n_images) for name, ls in lists.items()}
+            write_json_atomic(path / FILES, names)
+        atomic_write(path / STATE, lambda f: torch.save(saving, f))
+        write_json_atomic(path / INDEX, store_index(header, seen, skipped, complete, created))
 
     loader = DataLoader(Subset(data, range(state[1], len(data))), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -426,15 +426,15 @@ def mine(
         warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}"
                       + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
     checkpoint(True)
-    final = {name: _final(ls, k, n_images) for name, ls in lists.items()}
-    store = MiningStore(_index(header, seen, skipped, True, created), final, names, path, images)
+    final = {name: final_tensors(ls, k, n_images) for name, ls in lists.items()}
+    store = MiningStore(store_index(header, seen, skipped, True, created), final, names, path, images)
     if grid:
         for name in layers:
             store.grid(name)
     return store
 
 
-def _index(header: dict, seen: int, skipped: list[str], complete: bool, created: str) -> dict[str, Any]:
+def store_index(header: dict, seen: int, skipped: list[str], complete: bool, created: str) -> dict[str, Any]:
     return {**header, "images_processed": seen, "skipped": skipped, "skipped_count": len(skipped),
             "complete": complete, "files": FILES, "created": created,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -450,17 +450,17 @@ def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None
         if any(path.iterdir()):
             raise VitalError(f"--out {path} is a non-empty folder that is not a mining store; use an empty or new "
                              "folder")
-        _write_json(path / INDEX, _index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        write_json_atomic(path / INDEX, store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
         return None
     old = json.loads((path / INDEX).read_text())
     if old.get("format") != FORMAT:
         raise VitalError(f"{path / INDEX} is not a {FORMAT} index; use another --out")
-    problem = _mismatch(path, {key: old.get(key) for key in _HEADER_KEYS}, header)
+    problem = _mismatch(path, {key: old.get(key) for key in HEADER_KEYS}, header)
     if problem:
         raise VitalError(problem)
     if not resume or not (path / STATE).is_file():
         (path / STATE).unlink(missing_ok=True)
         (path / FILES).unlink(missing_ok=True)
-        _write_json(path / INDEX, _index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        write_json_atomic(path / INDEX, store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
         return None
     return torch.load(path / STATE, map_location="cpu", weights_only=True)

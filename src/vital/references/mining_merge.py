@@ -21,16 +21,16 @@ import torch
 
 from vital.errors import VitalError
 from vital.references.mining import (
-    _HEADER_KEYS,
     FILES,
     FORMAT,
+    HEADER_KEYS,
     INDEX,
     STATE,
     MiningStore,
-    _atomic,
-    _final,
-    _index,
-    _write_json,
+    atomic_write,
+    final_tensors,
+    store_index,
+    write_json_atomic,
 )
 
 
@@ -73,7 +73,7 @@ def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
     loaded = [_load(Path(p)) for p in shards]
     first = loaded[0][0]
     for (index, _, _), path in zip(loaded[1:], shards[1:], strict=True):
-        keys = [k for k in _HEADER_KEYS if k != "dataset" and index[k] != first[k]]
+        keys = [k for k in HEADER_KEYS if k != "dataset" and index[k] != first[k]]
         if keys:
             raise VitalError(f"shard {path} differs from {shards[0]} in {', '.join(keys)}; mine every shard alike")
     names = [name for _, _, files in loaded for name in files]
@@ -92,19 +92,19 @@ def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
     root = Path(images).expanduser().resolve()
     dataset = {"kind": "folder", "root": str(root), "count": len(names),
                "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
-    header = {"format": FORMAT, **{key: first[key] for key in _HEADER_KEYS}, "dataset": dataset}
+    header = {"format": FORMAT, **{key: first[key] for key in HEADER_KEYS}, "dataset": dataset}
     seen = sum(state["seen"] for _, state, _ in loaded)
     skipped = [name for _, state, _ in loaded for name in state["skipped"]]
     created = min(state["created"] for _, state, _ in loaded)
-    final = {layer: _final(ls, k, n_images) for layer, ls in lists.items()}
+    final = {layer: final_tensors(ls, k, n_images) for layer, ls in lists.items()}
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     saving = {"seen": seen, "skipped": skipped, "created": created, "complete": True, "lists": lists, "names": [],
               "final": final}
-    _write_json(path / FILES, names)
-    _atomic(path / STATE, lambda f: torch.save(saving, f))
-    _write_json(path / INDEX, _index(header, seen, skipped, True, created))  # last: the store is complete only now
-    return MiningStore(_index(header, seen, skipped, True, created), final, names, path, root)
+    write_json_atomic(path / FILES, names)
+    atomic_write(path / STATE, lambda f: torch.save(saving, f))
+    write_json_atomic(path / INDEX, store_index(header, seen, skipped, True, created))  # last: the store is complete only now
+    return MiningStore(store_index(header, seen, skipped, True, created), final, names, path, root)
 
 
 def store_complete(path: str | os.PathLike) -> bool:
