@@ -4,7 +4,7 @@ Mines the scikit-image photos at two depths, picks the channels whose top refere
 each with LRP relevance weighting and without (relevance "none", the ablation), and prints the target channel's
 spatial-max activation on the visualization against the median over its top-k references (expected: at least that
 median). Writes a sheet per depth: visualization (LRP), its transparency map, the ablation, then the references.
-Usage: python bench/quality_neuron.py [--steps 600] [--out bench/out/quality_neuron]
+Usage: python bench/quality_neuron.py [--steps 2000] [--out bench/out/quality_neuron]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def spatial_max(model, layer: str, images: torch.Tensor, channel: int) -> torch.
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--layers", default="_blocks.4,_blocks.10")
     ap.add_argument("--channels", type=int, default=2, help="channels per layer")
     ap.add_argument("-k", type=int, default=8)
