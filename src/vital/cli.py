@@ -1,4 +1,4 @@
-"""Command line: vital class | neuron | mine | compare | eval | report | batch | demo | models | layers.
+"""Command line: vital class | neuron | mine | compare | eval | report | rerun | batch | demo | models | layers.
 
 Every user error (a `VitalError`) is printed as one line starting with "error:" and exits with status 2."""
 
@@ -179,6 +179,16 @@ def cmd_mine(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(a: argparse.Namespace) -> int:
+    from vital.io import ensure_writable
+    from vital.rerun import rerun
+
+    out = ensure_writable(a.out)
+    result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)
+    _print_outputs(result, result.save(out))
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from vital.report import gallery_from_runs, write_gallery
 
@@ -304,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--grid", action="store_true", help="write a grid of the top patches per layer")
     mi.add_argument("--quiet", "-q", action="store_true")
     mi.set_defaults(func=cmd_mine)
+
+    rr = sub.add_parser("rerun", help="repeat a run from its record.json (same model, targets, options, seed, refs)")
+    rr.add_argument("record", help="record.json or the run folder holding it")
+    rr.add_argument("--out", "-o", required=True)
+    rr.add_argument("--device", default=None)
+    rr.add_argument("--weights", default=None, help="weights file, when the recorded one is elsewhere")
+    rr.add_argument("--quiet", "-q", action="store_true")
+    rr.set_defaults(func=cmd_rerun)
 
     rp = sub.add_parser("report", help="write an HTML gallery of run folders")
     rp.add_argument("runs", nargs="+")
