@@ -98,3 +98,24 @@ def test_photo_references_are_seeded_views():
     assert len(a) == 4 and [h["sha256"] for h in a.describe()] == [h["sha256"] for h in b.describe()]
     with pytest.raises(VitalError, match="no offline photo"):
         photo_references(1)
+
+
+def test_reference_spec_reads_the_refs_flag(imagenet_like, tmp_path):
+    from vital.references.spec import ReferenceSpec
+    from vital.targets import Channel, Class
+
+    assert ReferenceSpec.flag_fields("offline") == {"source": "offline"}
+    assert ReferenceSpec.flag_fields(str(imagenet_like))["source"] == "class-folder"
+    assert ReferenceSpec.flag_fields(str(imagenet_like), flat=True)["source"] == "folder"
+    assert ReferenceSpec.flag_fields(str(imagenet_like), classes=False)["source"] == "folder"
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "index.json").write_text("{}")
+    assert ReferenceSpec.flag_fields(str(tmp_path / "store"))["source"] == "store"
+    refs = ReferenceSpec.from_flag(str(imagenet_like), n=2).resolve([Class(1), Class(0)], seed=0)
+    assert [r.source.rsplit("/", 1)[-1] for r in refs] == ["n01443537", "n01440764"] and len(refs[0]) == 2
+    shared = ReferenceSpec.from_flag(str(imagenet_like), flat=True).resolve([Class(0), Class(1)])
+    assert shared[0] is shared[1]  # one set, loaded once per run
+    with pytest.raises(VitalError, match="do not apply to layer1:3"):
+        ReferenceSpec.from_flag("offline").resolve([Channel("layer1", 3)])
+    with pytest.raises(VitalError, match="unknown reference source"):
+        ReferenceSpec(source="web")

@@ -75,31 +75,25 @@ def cmd_class(a: argparse.Namespace) -> int:
     out = ensure_writable(a.out)
     classes = [k for spec in a.classes for k in parse_range(spec)]
     model = load_model(a.model, a.weights, _device(a.device))
-    refs = _class_refs(a, classes)
-    result = visualize(model, [Class(k) for k in classes], [refs[k] for k in classes], method=a.method,
-                       **_run_options(a))
+    targets = [Class(k) for k in classes]
+    result = visualize(model, targets, _refs(a, targets, classes=True), method=a.method, **_run_options(a))
     paths = result.save(out)
     _print_outputs(result, paths)
     return 0
 
 
-def _class_refs(a: argparse.Namespace, classes: list[int]) -> dict:
-    """References per class: an ImageNet-style folder, one flat folder for all, or `offline` (scikit-image photos)."""
-    from vital.references.images import from_class_folder, from_folder
-    from vital.references.photos import photo_references
+def _refs(a: argparse.Namespace, targets: list, classes: bool) -> list:
+    """One reference set per target, by the shared --refs rule (vital.references.spec)."""
+    from vital.references.spec import ReferenceSpec
 
-    if a.refs == "offline":
-        return {k: photo_references(k, n=min(a.n, 32), seed=a.seed) for k in classes}
-    if a.refs_flat:
-        shared = from_folder(a.refs, n=a.n, seed=a.seed)
-        return {k: shared for k in classes}
-    return {k: from_class_folder(a.refs, k, n=a.n, seed=a.seed) for k in classes}
+    spec = ReferenceSpec.from_flag(a.refs, getattr(a, "refs_flat", False), classes, a.n,
+                                   getattr(a, "ref_kind", "images"))
+    return spec.resolve(targets, seed=a.seed)
 
 
 def cmd_neuron(a: argparse.Namespace) -> int:
     from vital.io import ensure_writable
     from vital.models import load_model
-    from vital.references.images import from_folder
     from vital.references.mining import MiningStore
     from vital.targets import Channel, parse_range
     from vital.visualize import visualize
@@ -107,17 +101,13 @@ def cmd_neuron(a: argparse.Namespace) -> int:
     out = ensure_writable(a.out)
     channels = [c for spec in a.channels for c in parse_range(spec)]
     model = load_model(a.model, a.weights, _device(a.device))
-    refs_path = Path(a.refs)
-    if (refs_path / "index.json").is_file():
-        store = MiningStore.load(refs_path)
+    targets = [Channel(a.layer, c) for c in channels]
+    if (Path(a.refs) / "index.json").is_file():  # a store mined for another model or layer is refused first
+        store = MiningStore.load(a.refs)
         for c in channels:
             store.check(model, a.layer, c)
-        refs = [store.references(a.layer, c, kind=a.ref_kind, n=a.n) for c in channels]
-    else:
-        shared = from_folder(refs_path, n=a.n, seed=a.seed)
-        refs = [shared] * len(channels)
-    result = visualize(model, [Channel(a.layer, c) for c in channels], refs, method=a.method,
-                       relevance=a.relevance, **_run_options(a))
+    result = visualize(model, targets, _refs(a, targets, classes=False), method=a.method, relevance=a.relevance,
+                       **_run_options(a))
     paths = result.save(out)
     _print_outputs(result, paths)
     return 0
@@ -126,11 +116,11 @@ def cmd_neuron(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from vital.compare import compare
     from vital.models import load_model
-    from vital.targets import parse_range
+    from vital.targets import Class, parse_range
 
     classes = parse_range(a.classes)
     model = load_model(a.model, a.weights, _device(a.device))
-    refs = _class_refs(a, classes)
+    refs = dict(zip(classes, _refs(a, [Class(k) for k in classes], classes=True), strict=True))
     result = compare(model, classes, refs, methods=_names(a.methods), out=a.out, judges=_names(a.judges),
                      fid=not a.no_fid, clip_weights=a.clip_weights, **_run_options(a))
     print(result.table.to_markdown())

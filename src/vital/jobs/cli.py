@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from vital.errors import VitalError
+from vital.references.spec import ReferenceSpec
 
 
 def _names(s: str) -> list[str]:
@@ -82,7 +82,7 @@ def job_dict(a: argparse.Namespace) -> dict[str, Any]:
         d["targets"] = {k: v for k, v in (("classes", a.classes), ("layer", a.layer), ("channels", a.channels)) if v}
     refs = d.setdefault("references", {})
     if a.refs is not None:
-        refs.update(_refs_flag(a.refs, a.refs_flat, d.get("targets", {})))
+        refs.update(ReferenceSpec.flag_fields(a.refs, a.refs_flat, "classes" in d.get("targets", {})))
     _set(refs, "kind", a.ref_kind)
     _set(refs, "n", a.n)
     _set(d.setdefault("options", {}), "relevance", a.relevance)
@@ -90,19 +90,6 @@ def job_dict(a: argparse.Namespace) -> dict[str, Any]:
     for key in ("channels_last", "autocast", "compile"):
         _set(speed, key, getattr(a, key))
     return d
-
-
-def _refs_flag(refs: str, flat: bool, targets: dict) -> dict[str, str]:
-    if refs == "offline":
-        return {"source": "offline"}
-    if refs == "none":
-        return {"source": "none"}
-    path = Path(refs)
-    if (path / "index.json").is_file():
-        return {"source": "store", "path": refs}
-    if flat or "classes" not in targets:
-        return {"source": "folder", "path": refs}
-    return {"source": "class-folder", "path": refs}
 
 
 def cmd_batch(a: argparse.Namespace) -> int:

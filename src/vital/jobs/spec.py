@@ -19,6 +19,7 @@ import torch
 from vital.errors import VitalError, closest
 from vital.methods.base import RunOptions
 from vital.models.zoo import VisionModel, load_model
+from vital.references.spec import ReferenceSpec
 from vital.speed import SpeedOptions
 from vital.targets import Channel, Class, Target, parse_range
 
@@ -27,7 +28,6 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-REFERENCE_SOURCES = ("none", "offline", "folder", "class-folder", "store")
 _RUN_FIELDS = {"steps", "setting", "seed", "progress"}  # job-level, not `options`
 
 
@@ -80,23 +80,7 @@ class ModelSpec:
         return str(path.resolve().parents[depth])
 
 
-@dataclass(frozen=True)
-class References:
-    """Where each target's references come from: `offline` photos (classes), an ImageNet-style `class-folder`,
-    one shared `folder`, a mining `store` (channels: its top images or patches), or `none` (baselines)."""
-
-    source: str = "none"
-    path: str | None = None
-    n: int = 50
-    kind: str = "images"
-
-    def __post_init__(self) -> None:
-        if self.source not in REFERENCE_SOURCES:
-            raise VitalError(f"unknown reference source '{self.source}'; use one of {', '.join(REFERENCE_SOURCES)}")
-        if self.source in ("folder", "class-folder", "store") and not self.path:
-            raise VitalError(f"references from a {self.source} need a path (--refs PATH)")
-        if self.kind not in ("images", "patches"):
-            raise VitalError(f"unknown reference kind '{self.kind}'; use images or patches")
+References = ReferenceSpec  # the job file's [references] section
 
 
 @dataclass(frozen=True)

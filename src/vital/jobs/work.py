@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from vital.errors import VitalError
 from vital.jobs.spec import Job, ModelSpec
 from vital.models.zoo import VisionModel
-from vital.references.images import ReferenceSet, from_class_folder, from_folder
+from vital.references.images import ReferenceSet
 from vital.speed import SpeedOptions, accelerate, autocast
-from vital.targets import Channel, Class, Target
+from vital.targets import Target
 from vital.visualize import Result, visualize
 
 CPU_BATCH = 4
@@ -55,29 +54,7 @@ def worker_model(spec: ModelSpec, device: str, speed: SpeedOptions) -> tuple[Vis
 
 
 def references_for(job: Job, targets: Sequence[Target]) -> list[ReferenceSet | None]:
-    r = job.references
-    if r.source == "none":
-        return [None] * len(targets)
-    if r.source == "folder":
-        return [from_folder(r.path, n=r.n, seed=job.seed)] * len(targets)
-    if r.source == "store":
-        from vital.references.mining import MiningStore
-
-        store = MiningStore.load(r.path)
-        return [store.references(t.layer, t.channel, r.kind, r.n) if isinstance(t, Channel) else _no_refs(t, r.source)
-                for t in targets]
-    if r.source == "class-folder":
-        return [from_class_folder(r.path, t.index, n=r.n, seed=job.seed) if isinstance(t, Class)
-                else _no_refs(t, r.source) for t in targets]
-    from vital.references.photos import photo_references
-
-    return [photo_references(t.index, n=min(r.n, 32), seed=job.seed) if isinstance(t, Class) else _no_refs(t, r.source)
-            for t in targets]
-
-
-def _no_refs(t: Target, source: str):
-    raise VitalError(f"references from a {source} do not apply to {t}; use a mining store for channels and "
-                     "offline photos or a class folder for classes")
+    return job.references.resolve(targets, seed=job.seed)
 
 
 def _single(result: Result, i: int, batch: dict) -> Result:

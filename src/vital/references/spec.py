@@ -1,0 +1,73 @@
+"""Where each target's references come from, as one rule shared by `vital class|neuron|compare|batch`:
+`offline` photos (classes), an ImageNet-style `class-folder`, one shared `folder`, a mining `store` (channels: its
+top images or patches), or `none` (baselines that use no references)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vital.errors import VitalError
+from vital.references.images import ReferenceSet, from_class_folder, from_folder
+from vital.targets import Channel, Class, Target
+
+REFERENCE_SOURCES = ("none", "offline", "folder", "class-folder", "store")
+OFFLINE_MAX_VIEWS = 32
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    source: str = "none"
+    path: str | None = None
+    n: int = 50
+    kind: str = "images"
+
+    def __post_init__(self) -> None:
+        if self.source not in REFERENCE_SOURCES:
+            raise VitalError(f"unknown reference source '{self.source}'; use one of {', '.join(REFERENCE_SOURCES)}")
+        if self.source in ("folder", "class-folder", "store") and not self.path:
+            raise VitalError(f"references from a {self.source} need a path (--refs PATH)")
+        if self.kind not in ("images", "patches"):
+            raise VitalError(f"unknown reference kind '{self.kind}'; use images or patches")
+
+    @staticmethod
+    def flag_fields(refs: str, flat: bool = False, classes: bool = True) -> dict[str, str]:
+        """What a `--refs` value means: offline, none, a store (a folder with index.json), one flat folder (with
+        --refs-flat, or for channels), else an ImageNet-style class folder."""
+        if refs in ("offline", "none"):
+            return {"source": refs}
+        if (Path(refs) / "index.json").is_file():
+            return {"source": "store", "path": refs}
+        if flat or not classes:
+            return {"source": "folder", "path": refs}
+        return {"source": "class-folder", "path": refs}
+
+    @classmethod
+    def from_flag(cls, refs: str, flat: bool = False, classes: bool = True, n: int = 50,
+                  kind: str = "images") -> ReferenceSpec:
+        return cls(**cls.flag_fields(refs, flat, classes), n=n, kind=kind)
+
+    def resolve(self, targets: Sequence[Target], seed: int = 0) -> list[ReferenceSet | None]:
+        """One reference set per target (a shared folder is one object, loaded once per run)."""
+        if self.source == "none":
+            return [None] * len(targets)
+        if self.source == "folder":
+            return [from_folder(self.path, n=self.n, seed=seed)] * len(targets)
+        if self.source == "store":
+            from vital.references.mining import MiningStore
+
+            store = MiningStore.load(self.path)
+            return [store.references(t.layer, t.channel, self.kind, self.n) if isinstance(t, Channel)
+                    else self._not_for(t) for t in targets]
+        if self.source == "class-folder":
+            return [from_class_folder(self.path, t.index, n=self.n, seed=seed) if isinstance(t, Class)
+                    else self._not_for(t) for t in targets]
+        from vital.references.photos import photo_references
+
+        return [photo_references(t.index, n=min(self.n, OFFLINE_MAX_VIEWS), seed=seed) if isinstance(t, Class)
+                else self._not_for(t) for t in targets]
+
+    def _not_for(self, t: Target):
+        raise VitalError(f"references from a {self.source} do not apply to {t}; use a mining store for channels and "
+                         "offline photos or a class folder for classes")
