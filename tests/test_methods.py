@@ -69,3 +69,17 @@ def test_direction_target_maximises_the_projection(tiny_model, refs):
                         progress=False)
     with pytest.raises(VitalError, match="visualise a direction with method"):
         vital.visualize(tiny_model, vital.Direction("stage1", v), refs, steps=1, progress=False)
+
+
+def test_channel_objective_with_several_views_per_sample(tiny_model):
+    """With augmentation crops (views) the batch is sample-major; each view is scored on its own sample's channel."""
+    from vital.features import FeatureExtractor
+    from vital.methods.baselines import ActivationObjective
+
+    targets = [vital.Channel("stage1", 3), vital.Channel("stage2", 7), vital.Channel("stage1", 5)]
+    obj = ActivationObjective(tiny_model, targets)
+    x = torch.randn(6, 3, 32, 32)  # 3 targets x 2 views
+    feats = FeatureExtractor(tiny_model.module, ["stage1", "stage2"])(x)
+    expected = torch.stack([-feats[t.layer][2 * i + v, t.channel].mean() for i, t in enumerate(targets)
+                            for v in range(2)]).view(3, 2).mean(1)
+    assert torch.allclose(obj(x), expected)

@@ -214,7 +214,7 @@ def cmd_layers(a: argparse.Namespace) -> int:
     from vital.features import layer_table
     from vital.models import load_model
 
-    model = load_model(a.model, None if a.weights == "default" else a.weights)
+    model = load_model(a.model, a.weights)
     x = torch.zeros(1, 3, model.size, model.size)
     rows = layer_table(model.module, x)
     width = max(len(n) for n, _, _ in rows)

@@ -8,8 +8,9 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -35,18 +36,23 @@ def to_uint8(img01: torch.Tensor) -> np.ndarray:
     return (img01.detach().float().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write via a temporary file in the same folder and os.replace, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def save_png(img01: torch.Tensor, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(to_uint8(img01)).save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(to_uint8(img01)).save(f, format="PNG"))
 
 
 def transparency_rgba(img01: torch.Tensor, grad_acc: torch.Tensor, image_pct: float = 1.0,
@@ -65,17 +71,11 @@ def transparency_rgba(img01: torch.Tensor, grad_acc: torch.Tensor, image_pct: fl
 
 
 def save_rgba(rgba: np.ndarray, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(rgba, mode="RGBA").save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(rgba, mode="RGBA").save(f, format="PNG"))
 
 
-def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-    return path
+def write_json(obj, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
 def versions() -> dict:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from vital.errors import VitalError, closest
 from vital.models.zoo import VisionModel
 from vital.optimize import Augment, LoopSettings, Objective
 from vital.params.base import Parameterization
+from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
 from vital.targets import Target
 
@@ -42,6 +45,17 @@ class Recipe:
     settings: LoopSettings
     augment: Augment | None = None
     record: dict = field(default_factory=dict)  # method-specific facts for the run record
+
+
+def seed_generator(opts: RunOptions) -> torch.Generator:
+    """The CPU generator every parameterization draws its initial image from: a seed gives the same image anywhere."""
+    return torch.Generator().manual_seed(opts.seed)
+
+
+def pixel_param(model: VisionModel, batch: int, opts: RunOptions, clip: bool) -> PixelParam:
+    """Raw pixels at the model's input size, seeded, clamped to valid pixels when `clip`."""
+    lo, hi = model.pixel_bounds()
+    return PixelParam(batch, model.size, lo, hi, generator=seed_generator(opts), clip=clip)
 
 
 Builder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions], Recipe]

@@ -12,20 +12,20 @@ except MACO, which takes its magnitude spectrum from the references (or from a f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
-from vital.methods.base import Recipe, RunOptions, register
+from vital.methods.base import Recipe, RunOptions, pixel_param, register, seed_generator
 from vital.methods.vital import check_input_size, loop_settings
 from vital.models.zoo import VisionModel
 from vital.objectives.activation import channel_activation, class_logit, direction
 from vital.objectives.batchnorm import BatchNormStats
 from vital.params.fourier import FourierParam
 from vital.params.maco import MacoParam, load_magnitude, maco_augment, maco_magnitude_from_images
-from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
 from vital.targets import Channel, Class, Direction, Target
 
@@ -73,14 +73,17 @@ class ActivationObjective:
                 raise VitalError(f"direction has {self.vectors.shape[1]} components but layer '{self.layers[0]}' has "
                                  f"{act.shape[1]} channels")
             return direction(act, self.vectors[index])
-        views = x.shape[0] // len(self.targets)
         losses = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-        for layer in self.layers:
-            rows = torch.tensor([i for i, t in enumerate(self.targets) if t.layer == layer for _ in range(views)],
-                                device=x.device)
-            if rows.numel():
-                losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
+        for layer, rows in self._rows(x.shape[0] // len(self.targets), x.device).items():
+            losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
         return losses
+
+    @lru_cache(maxsize=4)  # noqa: B019  (a handful of view counts per objective, which lives for one run)
+    def _rows(self, views: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """For each layer, the rows of a (targets x views) batch whose target is in that layer."""
+        rows = {layer: [i * views + v for i, t in enumerate(self.targets) if t.layer == layer for v in range(views)]
+                for layer in self.layers}
+        return {layer: torch.tensor(r, device=device) for layer, r in rows.items() if r}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b = len(self.targets)
@@ -97,29 +100,19 @@ class ActivationObjective:
         return out
 
 
-def _bounds(model: VisionModel) -> tuple[torch.Tensor, torch.Tensor]:
-    return model.pixel_bounds(torch.zeros(1, 3, 1, 1, device=model.device, dtype=model.dtype))
-
-
-def _generator(opts: RunOptions) -> torch.Generator:
-    return torch.Generator().manual_seed(opts.seed)
-
-
 @register("pixel")
 def build_pixel(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                 opts: RunOptions) -> Recipe:
     settings, clip = loop_settings(opts, {}, {"tv_l2": 1e-4, "l2": 0.0})
-    lo, hi = _bounds(model)
-    param = PixelParam(len(targets), model.size, lo, hi, generator=_generator(opts), clip=clip)
-    return Recipe(param, ActivationObjective(model, targets), settings)
+    return Recipe(pixel_param(model, len(targets), opts, clip), ActivationObjective(model, targets), settings)
 
 
 @register("fourier")
 def build_fourier(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                   opts: RunOptions) -> Recipe:
     settings, _ = loop_settings(opts, {}, {"lr": 0.05})  # Lucid's Adam step for a spectrum
-    lo, hi = _bounds(model)
-    param = FourierParam(len(targets), model.size, lo, hi, generator=_generator(opts))
+    lo, hi = model.pixel_bounds()
+    param = FourierParam(len(targets), model.size, lo, hi, generator=seed_generator(opts))
 
     def scale_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Lucid's random scaling (0.9-1.1) on top of the loop's jitter, back to the input size."""
@@ -152,8 +145,8 @@ def build_maco(model: VisionModel, targets: Sequence[Target], references: Sequen
         pixels = torch.cat([s.load(model.transform()) for s in {id(s): s for s in sets}.values()])
         magnitude = maco_magnitude_from_images(model.denormalize(pixels).clamp(0, 1), canvas)
     settings, _ = loop_settings(opts, {}, {"jitter": 0, "lr": 0.25})  # MACO's random crops replace jitter
-    lo, hi = _bounds(model)
-    param = MacoParam(len(targets), canvas, lo, hi, magnitude=magnitude.to(model.dtype), generator=_generator(opts))
+    lo, hi = model.pixel_bounds()
+    param = MacoParam(len(targets), canvas, lo, hi, magnitude=magnitude.to(model.dtype), generator=seed_generator(opts))
     noise = MACO_NOISE * (hi - lo)
     n_crops = int(opts.extra.get("maco_crops", MACO_CROPS))
 
@@ -177,8 +170,7 @@ def build_deepinversion(model: VisionModel, targets: Sequence[Target], reference
     bn = BatchNormStats(model.module, name=model.name)
     settings, clip = loop_settings(opts, {}, DEEPINVERSION)
     check_input_size(model, settings)
-    lo, hi = _bounds(model)
-    param = PixelParam(len(targets), model.size, lo, hi, generator=_generator(opts), clip=clip)
+    param = pixel_param(model, len(targets), opts, clip)
     bn_weight = float(opts.extra.get("bn_weight", DEEPINVERSION_BN_WEIGHT))
     objective = ActivationObjective(model, targets, cross_entropy=True, extra=bn, extra_weight=bn_weight)
     return Recipe(param, objective, settings, record={"bn_weight": bn_weight})

@@ -9,12 +9,11 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
-from vital.methods.base import Recipe, RunOptions, register
+from vital.methods.base import Recipe, RunOptions, pixel_param, register
 from vital.models.presets import preset_for
 from vital.models.zoo import VisionModel
 from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_loss
 from vital.optimize import LoopSettings, setting
-from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
 from vital.targets import Class, Direction, Target
 
@@ -142,7 +141,4 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     settings, clip = loop_settings(opts, priors)
     check_input_size(model, settings)
     objective = SortMatchingObjective(model, layers, weights, references, opts.feat_dist)
-    x0 = torch.zeros(1, 3, 1, 1, device=model.device, dtype=model.dtype)
-    lo, hi = model.pixel_bounds(x0)
-    param = PixelParam(len(targets), model.size, lo, hi, generator=torch.Generator().manual_seed(opts.seed), clip=clip)
-    return Recipe(param, objective, settings)
+    return Recipe(pixel_param(model, len(targets), opts, clip), objective, settings)

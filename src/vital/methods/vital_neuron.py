@@ -18,11 +18,10 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor, layer_table, resolve_modules
-from vital.methods.base import Recipe, RunOptions
+from vital.methods.base import Recipe, RunOptions, pixel_param
 from vital.methods.vital import ReferencePixels, check_input_size, loop_settings, resolve_layers
 from vital.models.zoo import VisionModel
 from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_loss
-from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
 from vital.targets import Channel, Target
 
@@ -46,12 +45,18 @@ def channel_importance(r: torch.Tensor) -> torch.Tensor:
     return i.mean(dim=0)
 
 
-def upstream_of(model: VisionModel, target_layer: str, candidates: Sequence[str]) -> list[str]:
-    """Candidates whose output is complete before the target's output is (execution order of one forward); the
-    target itself and containers that hold it are not upstream."""
-    resolve_modules(model.module, [target_layer, *candidates])
+def model_layers(model: VisionModel) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, type, output shape) of every layer, in the order their outputs are complete (one forward)."""
     x = torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype)
-    order = {name: i for i, (name, _, _) in enumerate(layer_table(model.module, x))}
+    return layer_table(model.module, x)
+
+
+def upstream_of(model: VisionModel, target_layer: str, candidates: Sequence[str],
+                rows: Sequence[tuple[str, str, tuple[int, ...]]] | None = None) -> list[str]:
+    """Candidates whose output is complete before the target's output is (execution order of one forward, or of
+    `rows` from `model_layers`); the target itself and containers that hold it are not upstream."""
+    resolve_modules(model.module, [target_layer, *candidates])
+    order = {name: i for i, (name, _, _) in enumerate(rows if rows is not None else model_layers(model))}
     if target_layer not in order:
         raise VitalError(f"target layer '{target_layer}' does not return a tensor in the forward pass")
     return [n for n in candidates if n in order and order[n] < order[target_layer]
@@ -143,9 +148,9 @@ def build_neuron(model: VisionModel, targets: Sequence[Target], references: Sequ
         raise VitalError("VITAL needs reference images for every neuron: mine them (vital mine) and pass the store "
                          "with --refs, or a folder of its top images")
     target_layer = targets[0].layer
-    x0 = torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype)
-    shapes = {n: s for n, _, s in layer_table(model.module, x0)}
     resolve_modules(model.module, [target_layer])
+    rows = model_layers(model)
+    shapes = {n: s for n, _, s in rows}
     if target_layer not in shapes or len(shapes[target_layer]) < 2:
         raise VitalError(f"layer '{target_layer}' has no channels to visualise; pick a layer with a (B, C, ...) output")
     n_channels = shapes[target_layer][1]
@@ -154,7 +159,7 @@ def build_neuron(model: VisionModel, targets: Sequence[Target], references: Sequ
         raise VitalError(f"channel {bad[0]} is out of range: layer '{target_layer}' has {n_channels} channels "
                          f"(0-{n_channels - 1})")
     candidates, weights, priors = resolve_layers(model, opts)
-    upstream = upstream_of(model, target_layer, candidates)
+    upstream = upstream_of(model, target_layer, candidates, rows)
     if not upstream:
         raise VitalError(f"target layer '{target_layer}' is upstream of every matched layer ({', '.join(candidates)});"
                          " pick a deeper target or pass --layers with layers before it")
@@ -166,6 +171,5 @@ def build_neuron(model: VisionModel, targets: Sequence[Target], references: Sequ
     settings, clip = loop_settings(opts, {**priors, **NEURON_PRIORS})
     check_input_size(model, settings)
     objective = RelevanceSortMatching(model, targets, upstream, w, references, opts.relevance)
-    lo, hi = model.pixel_bounds(x0)
-    param = PixelParam(len(targets), model.size, lo, hi, generator=torch.Generator().manual_seed(opts.seed), clip=clip)
-    return Recipe(param, objective, settings, record={"target_layer": target_layer, "matched_layers": upstream})
+    return Recipe(pixel_param(model, len(targets), opts, clip), objective, settings,
+                  record={"target_layer": target_layer, "matched_layers": upstream})

@@ -82,8 +82,11 @@ class VisionModel:
         mean, std = self._stats(x)
         return x * std + mean
 
-    def pixel_bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel bounds of the valid [0,1] pixel range in input space, shaped for broadcasting."""
+    def pixel_bounds(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel bounds of the valid [0,1] pixel range in input space, (1, 3, 1, 1), on `x`'s device and dtype
+        (the model's when no `x` is given)."""
+        if x is None:
+            x = torch.zeros((), device=self.device, dtype=self.dtype)
         mean, std = self._stats(x)
         return -mean / std, (1 - mean) / std
 

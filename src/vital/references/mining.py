@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
+from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, receptive_field
@@ -100,23 +101,6 @@ def _source(images, model: VisionModel) -> tuple[Dataset, dict[str, Any], int]:
     digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
     fingerprint = {"kind": "folder", "root": str(root), "count": len(files), "sha256": digest}
     return _Folder(root, files, model.transform(), model.size), fingerprint, model.size
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and os.replace, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def _mismatch(path: Path, old: dict, new: dict) -> str | None:
@@ -392,9 +376,9 @@ def mine(
                   "names": [] if isinstance(data, _Folder) else names}
         if complete:
             saving["final"] = {name: final_tensors(ls, k, n_images) for name, ls in lists.items()}
-            write_json_atomic(path / FILES, names)
+            write_json(names, path / FILES)
         atomic_write(path / STATE, lambda f: torch.save(saving, f))
-        write_json_atomic(path / INDEX, store_index(header, seen, skipped, complete, created))
+        write_json(store_index(header, seen, skipped, complete, created), path / INDEX)
 
     loader = DataLoader(Subset(data, range(state[1], len(data))), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -450,7 +434,7 @@ def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None
         if any(path.iterdir()):
             raise VitalError(f"--out {path} is a non-empty folder that is not a mining store; use an empty or new "
                              "folder")
-        write_json_atomic(path / INDEX, store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
         return None
     old = json.loads((path / INDEX).read_text())
     if old.get("format") != FORMAT:
@@ -461,6 +445,6 @@ def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None
     if not resume or not (path / STATE).is_file():
         (path / STATE).unlink(missing_ok=True)
         (path / FILES).unlink(missing_ok=True)
-        write_json_atomic(path / INDEX, store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")))
+        write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
         return None
     return torch.load(path / STATE, map_location="cpu", weights_only=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vital.errors import VitalError
+from vital.io import atomic_write, write_json
 from vital.references.mining import (
     FILES,
     FORMAT,
@@ -27,10 +28,8 @@ from vital.references.mining import (
     INDEX,
     STATE,
     MiningStore,
-    atomic_write,
     final_tensors,
     store_index,
-    write_json_atomic,
 )
 
 
@@ -101,9 +100,9 @@ def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
     path.mkdir(parents=True, exist_ok=True)
     saving = {"seen": seen, "skipped": skipped, "created": created, "complete": True, "lists": lists, "names": [],
               "final": final}
-    write_json_atomic(path / FILES, names)
+    write_json(names, path / FILES)
     atomic_write(path / STATE, lambda f: torch.save(saving, f))
-    write_json_atomic(path / INDEX, store_index(header, seen, skipped, True, created))  # last: the store is complete only now
+    write_json(store_index(header, seen, skipped, True, created), path / INDEX)  # last: the store is complete only now
     return MiningStore(store_index(header, seen, skipped, True, created), final, names, path, root)
 
 
