@@ -8,19 +8,16 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 import vital.relevance.rules as rules
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
-from vital.relevance import RelevanceEngine, relevance_maps, upstream_layers
+from vital.relevance import RelevanceEngine, relevance_maps
 
-
-@pytest.fixture
-def tiny_eps(monkeypatch):
-    """Shrink the stabiliser so that conservation can be checked to float64 precision."""
-    monkeypatch.setattr(rules, "EPS", 1e-12)
+TINY_EPS = 1e-12  # a stabiliser small enough to check conservation to float64 precision
 
 
 def _fan_in(model: nn.Module) -> nn.Module:
@@ -55,7 +52,7 @@ def _start_totals(model, target, x, ch) -> torch.Tensor:
 
 # ---- 1. conservation ---------------------------------------------------------------------------------------------
 
-def test_conservation_through_conv_pools_linear(tiny_eps):
+def test_conservation_through_conv_pools_linear():
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),        # 0 1 2
@@ -67,7 +64,7 @@ def test_conservation_through_conv_pools_linear(tiny_eps):
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     layers = [str(i) for i in range(12, -1, -1)]
     ch = _active_channels(net, "12", x)
-    out = RelevanceEngine(net, "12", layers)(x, ch)
+    out = RelevanceEngine(net, "12", layers, eps=TINY_EPS)(x, ch)
     total = _start_totals(net, "12", x, ch)
     assert (total > 0).all()
     for name in layers:
@@ -274,14 +271,14 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family(family, tiny_eps):
+def test_family(family):
     factory, target, layers, size, dtype, rtol = FAMILIES[family]
     torch.manual_seed(4)
     model = factory().to(dtype).eval()
     x = torch.randn(2, 3, size, size, dtype=dtype)
     ch = _active_channels(model, target, x)
     assert ch[0] != ch[1]
-    engine = RelevanceEngine(model, target, layers)
+    engine = RelevanceEngine(model, target, layers, eps=TINY_EPS)
     out = engine(x, ch)
     shapes = {k: v.shape for k, v in FeatureExtractor(model, layers, raw=True)(x).items()}
     total = _start_totals(model, target, x, ch)
@@ -370,12 +367,11 @@ def test_layer_inside_a_block(resnet):
         RelevanceEngine(resnet, "layer3", ["layer1.0.conv2"])
 
 
-def test_upstream_layers(resnet):
-    names = ["conv1", "layer1", "layer2", "layer3", "layer4"]
-    assert upstream_layers(resnet, "layer2.1", names) == ["conv1", "layer1", "layer2"]
-    assert upstream_layers(resnet, "layer3.0", names) == ["conv1", "layer1", "layer2"]
+def test_layers_after_the_target_are_refused(resnet):
+    with pytest.raises(VitalError, match="comes after the target layer"):
+        RelevanceEngine(resnet, "layer2.1", ["conv1", "layer3"])
     with pytest.raises(VitalError, match="inside block"):
-        upstream_layers(resnet, "layer3", ["layer1.0.bn1"])
+        RelevanceEngine(resnet, "layer3", ["layer1.0.bn1"])
 
 
 def test_channel_out_of_range(resnet):
@@ -491,3 +487,84 @@ def test_shared_forward_gives_the_model_features_and_the_same_relevance(resnet, 
     x.grad = None
     ref["layer2.0"].sum().backward()
     assert torch.allclose(g, x.grad, atol=1e-4)
+
+
+# ---- canonization and the conserving fallback ----------------------------------------------------------------------
+
+def test_folded_batchnorm_gives_the_same_forward():
+    from vital.relevance.rules import fold_batchnorm
+
+    torch.manual_seed(5)
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=True), nn.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.weight.uniform_(-2, 2)  # negative scales too
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3)
+    bn.eval()
+    x = torch.randn(2, 4, 9, 9)
+    w, b = fold_batchnorm(conv, bn)
+    torch.testing.assert_close(F.conv2d(x, w, b, padding=1, groups=2), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_uses_the_batchnorm_sign_in_the_rule():
+    """A BatchNorm with a negative scale flips which contributions are positive: folded, z+ follows the output."""
+    conv, bn = nn.Conv2d(2, 1, 1, bias=False), nn.BatchNorm2d(1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1))
+        bn.weight.fill_(-1.0)
+    net = nn.Sequential(nn.Identity(), conv, bn.eval(), nn.ReLU()).eval()
+    x = torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)  # conv: 1 - 3 = -2; bn: +2 (the -3 * -1 part drives it)
+    folded = RelevanceEngine(net, "3", ["0"], eps=TINY_EPS)(x, 0)["0"].flatten()
+    torch.testing.assert_close(folded, torch.tensor([0.0, 2.0]))
+    passed = RelevanceEngine(net, "3", ["0"], eps=TINY_EPS, fold_batchnorm=False)(x, 0)["0"].flatten()
+    torch.testing.assert_close(passed, torch.tensor([2.0, 0.0]))  # BatchNorm as identity credits the other input
+
+
+def test_w_square_fallback_by_hand():
+    """An all-negative filter on non-negative input has z+ = 0: its output's relevance goes back in proportion to
+    w^2 over the inputs of its window (zero padding excluded), and nothing is lost."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(-torch.arange(1.0, 10.0).view(1, 1, 3, 3))
+    net = nn.Sequential(nn.ReLU(), conv).double().eval()
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    r_out = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    r_out[0, 0, 0, 0] = 1.0  # a corner: only the lower-right 2x2 of the kernel sees the image
+    engine = RelevanceEngine(net, "1", ["0"], eps=TINY_EPS)
+    h, ctxs, _ = engine._forward(x)
+    step = engine.steps[1]
+    r_in = step.relevance(r_out, ctxs[1])
+    w2 = torch.arange(1.0, 10.0, dtype=torch.float64).view(3, 3) ** 2
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    expected[:2, :2] = w2[1:, 1:] / w2[1:, 1:].sum()
+    torch.testing.assert_close(r_in[0, 0], expected)
+    engine = RelevanceEngine(net, "1", ["0"], eps=TINY_EPS, conserve=False)
+    assert float(engine.steps[1].relevance(r_out, ctxs[1]).sum()) == 0.0  # plain z+ drops it
+
+
+@pytest.mark.integration
+def test_real_efficientnet_lite0_conserves_relevance_per_block(lite0):
+    from vital.references.photos import photo_references
+
+    x = photo_references(967, n=2).load(lite0.transform())
+    blocks = [f"_blocks.{i}" for i in range(12, -1, -1)] + ["_conv_stem"]
+    out = RelevanceEngine(lite0.module, "_blocks.12", blocks)(x, torch.tensor([5, 40]))
+    sums = torch.stack([out[b].flatten(1).sum(1) for b in blocks])
+    assert (sums[0] > 0).all()
+    ratios = sums[1:] / sums[:-1]
+    assert ratios.min() > 0.99 and ratios.max() < 1.01, ratios
+    plain = RelevanceEngine(lite0.module, "_blocks.12", blocks, conserve=False)(x, torch.tensor([5, 40]))
+    assert float(plain["_conv_stem"].sum()) < 0.5 * float(out["_conv_stem"].sum())  # what the fallback keeps
+
+
+def test_resnet_conserves_relevance_per_block():
+    torch.manual_seed(2)
+    model = _fan_in(torchvision.models.resnet18()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    blocks = ["layer4.1", "layer4.0", "layer3.1", "layer3.0", "layer2.1", "layer2.0", "layer1.1", "layer1.0"]
+    ch = _active_channels(model, "layer4.1", x)
+    out = RelevanceEngine(model, "layer4.1", blocks)(x, ch)
+    sums = torch.stack([out[b].flatten(1).sum(1) for b in blocks])
+    ratios = sums[1:] / sums[:-1]
+    assert ratios.min() > 0.99 and ratios.max() < 1.01, ratios

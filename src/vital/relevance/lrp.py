@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.relevance.blocks import configure, propagate_chain
 from vital.relevance.chains import Chain, Unsupported, build_chain
 from vital.relevance.guided import guided_backprop
-from vital.relevance.rules import propagate_chain
+from vital.relevance.rules import EPS
 
 METHODS = ("lrp", "lrp-restricted", "guided-backprop")
 
@@ -48,19 +49,16 @@ def _locate(chain: Chain, index: dict[str, int], modules: dict[str, nn.Module], 
                      "Pick one of those.")
 
 
-def upstream_layers(model: nn.Module, target_layer: str, candidates: Sequence[str]) -> list[str]:
-    """The candidates whose output is computed before (or is) the target layer's output, in the given order: the
-    layers whose features can be weighted by the target's relevance (SPEC §7: match only layers upstream)."""
-    chain = build_chain(model)
-    index, modules = chain.index(), dict(model.named_modules())
-    target = _locate(chain, index, modules, target_layer, "target layer")
-    return [n for n in candidates if _locate(chain, index, modules, n, "layer") <= target]
-
-
 class RelevanceEngine:
     """Relevance maps of a target channel at `layers`, for a batch with one channel per sample."""
 
-    def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp"):
+    def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp", *,
+                 eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True):
+        """`eps`: the stabiliser of every rule. `fold_batchnorm`: fold each BatchNorm that follows a convolution
+        into that convolution's z+ rule (canonization); without it BatchNorm passes relevance unchanged, as the
+        authors' code does. `conserve`: where a convolution's output has no positive contribution (z+ = 0: a
+        filter whose weights are all negative on non-negative inputs), its relevance goes back by the w^2 rule
+        instead of being dropped (the authors' code, and plain z+, drop it)."""
         if method not in METHODS:
             raise VitalError(f"unknown relevance method '{method}'; use one of {', '.join(METHODS)}")
         if isinstance(layers, str) or not layers:
@@ -92,6 +90,7 @@ class RelevanceEngine:
         if bad:
             raise bad[0].error()
         propagate_chain(self.steps, False)
+        self.folded = configure(self.steps, eps, fold_batchnorm, conserve)
         self.target_index = target
         self.stop = min(positions.values())
         self.capture: dict[int, list[str]] = {}

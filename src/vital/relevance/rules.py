@@ -19,13 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-5  # stabiliser of every z / z+ denominator (SPEC §8); rho's epsilon too
+EPS = 1e-5  # default stabiliser of every z / z+ denominator (SPEC §8); rho's epsilon too
 
 
 class Step:
     """One operation on the chain: replays the forward and propagates relevance backwards."""
 
     name: str | None = None  # dotted module path; None for functional operations (never captured)
+    eps: float = EPS  # the stabiliser; `configure` sets it for a whole chain
+
+    def children(self) -> list[list[Step]]:
+        """The step lists inside this step (blocks), for passes over a whole chain."""
+        return []
 
     def forward(self, x: torch.Tensor, keep: bool) -> tuple[torch.Tensor, Any]:
         """Output and, when `keep`, the context that `relevance` needs."""
@@ -89,19 +94,46 @@ def crop(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     return r[..., top:h - bottom, left:w - right]
 
 
+def _version(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.data_ptr(), t._version, t.dtype)
+
+
+def batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """gamma / sqrt(running_var + eps) per channel: the factor a following BatchNorm applies to a conv's output."""
+    var = bn.running_var.detach()
+    scale = torch.rsqrt(var + bn.eps)
+    return scale * bn.weight.detach() if bn.weight is not None else scale
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of one convolution equal to bn(conv(x)) in eval mode (the canonization zennit applies)."""
+    scale = batchnorm_scale(bn)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
+    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
+    return conv.weight.detach() * scale.view(-1, 1, 1, 1), (bias - bn.running_mean.detach()) * scale + shift
+
+
 class _PosNeg:
-    """Cached W+ / W- / b+ of one layer, recomputed when the weights change (device move, load, fine-tuning)."""
+    """Cached W+ / W- / b+ of one layer, recomputed when the weights change (device move, load, fine-tuning).
+    With a BatchNorm folded in (`bn`), W is the folded weight and no bias is kept: the folded bias is a constant
+    shift that the z+ rule would let absorb relevance, and the rule is to conserve it."""
 
     def __init__(self, layer: nn.Module, keep_bias: bool):
         self.layer, self.keep_bias = layer, keep_bias
+        self.bn: nn.modules.batchnorm._BatchNorm | None = None
         self.key: tuple | None = None
-        self.wp = self.wn = self.bp = None
+        self.wp = self.wn = self.bp = self.w2 = None
 
     def get(self, need_neg: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        w, b = self.layer.weight, self.layer.bias
-        key = (w.data_ptr(), w._version, w.dtype, None if b is None else (b.data_ptr(), b._version))
+        w, b, bn = self.layer.weight, self.layer.bias, self.bn
+        key = (_version(w), _version(b), need_neg) + (() if bn is None else (
+            _version(bn.weight), _version(bn.running_var)))
         if key != self.key:
             w = w.detach()
+            if bn is not None:
+                w = w * batchnorm_scale(bn).to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
+                b = None
+            self.w2 = w.square()
             self.wp = w.clamp(min=0)
             self.wn = w.clamp(max=0) if need_neg else None
             self.bp = b.detach().clamp(min=0) if (b is not None and self.keep_bias) else None
@@ -111,7 +143,11 @@ class _PosNeg:
 
 class Conv(Step):
     """Conv2d by the z+ rule: z = conv(a; W+, b+) + eps, R_in = a * conv_transpose(R / z; W+). Groups, strides,
-    dilation and 'same' padding (explicit, or a static padding module applied before the conv) are supported."""
+    dilation and 'same' padding (explicit, or a static padding module applied before the conv) are supported.
+    With `fallback` (set by `configure`), the relevance of outputs that have no positive contribution at all goes
+    back by the w^2 rule instead of being dropped, so that a conv conserves relevance."""
+
+    fallback = False
 
     def __init__(self, name: str | None, conv: nn.Conv2d, pre_pad: Sequence[int] | None = None):
         self.name, self.conv = name, conv
@@ -127,6 +163,11 @@ class Conv(Step):
         self.signed = True
         self.params = _PosNeg(conv, keep_bias=True)
 
+    def fold(self, bn: nn.modules.batchnorm._BatchNorm | None) -> None:
+        """Use the BatchNorm that follows this conv in the rule's weights (None: undo)."""
+        self.params.bn = bn
+        self.params.key = None
+
     def forward(self, x, keep):
         if self.pre_pad:
             x = F.pad(x, self.pre_pad)
@@ -138,6 +179,10 @@ class Conv(Step):
 
     def _adjoint(self, s: torch.Tensor, w: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         k = w.shape[-2:]
+        if (tuple(k) == (1, 1) and self.stride == (1, 1) and self.groups == 1 and self.padding == (0, 0)
+                and tuple(size) == tuple(s.shape[-2:])):
+            # a 1x1 transposed convolution is a matrix product; torch's conv_transpose2d takes a slow path for it
+            return torch.einsum("bohw,oi->bihw", s, w[:, :, 0, 0])
         extra = [size[i] - ((s.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
                             + self.dilation[i] * (k[i] - 1) + 1) for i in range(2)]
         return F.conv_transpose2d(s, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
@@ -147,12 +192,36 @@ class Conv(Step):
         size = a.shape[-2:]
         if self.signed:
             ap, an = a.clamp(min=0), a.clamp(max=0)
-            s = r / (self._conv(ap, wp, bp) + self._conv(an, wn, None) + EPS)
+            z = self._conv(ap, wp, bp) + self._conv(an, wn, None)
+        else:
+            z = self._conv(a, wp, bp)
+        if self.fallback:
+            r, r_flat = self._split_dead(r, z)
+        s = r / (z + self.eps)
+        if self.signed:
             rin = ap * self._adjoint(s, wp, size) + an * self._adjoint(s, wn, size)
         else:
-            s = r / (self._conv(a, wp, bp) + EPS)
             rin = a * self._adjoint(s, wp, size)
+        if self.fallback and r_flat is not None:
+            rin = rin + self._w_square(r_flat, a)
         return crop(rin, self.pre_pad) if self.pre_pad else rin
+
+    def _split_dead(self, r: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Relevance of outputs with no positive contribution (z+ below the stabiliser: a filter whose weights
+        are all negative on non-negative inputs, or a window of zeros) is split off for the w^2 rule."""
+        dead = z <= self.eps
+        if not bool((dead & (r != 0)).any()):
+            return r, None
+        return r.masked_fill(dead, 0), r.masked_fill(~dead, 0)
+
+    def _w_square(self, r: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The w^2 rule: R_j = sum_k w_jk^2 / (sum_j' w_j'k^2) R_k over the real (unpadded) inputs of each output."""
+        w2 = self.params.w2
+        inside = torch.ones_like(a)
+        if self.pre_pad:
+            inside = F.pad(crop(inside, self.pre_pad), self.pre_pad)
+        denom = self._conv(inside, w2, None)
+        return inside * self._adjoint(r / denom.clamp(min=torch.finfo(r.dtype).tiny), w2, a.shape[-2:])
 
     def propagate_sign(self, nonneg_in):
         self.signed = not nonneg_in
@@ -174,9 +243,9 @@ class Linear(Step):
         wp, wn, _ = self.params.get(self.signed)
         if self.signed:
             ap, an = a.clamp(min=0), a.clamp(max=0)
-            s = r / (F.linear(ap, wp) + F.linear(an, wn) + EPS)
+            s = r / (F.linear(ap, wp) + F.linear(an, wn) + self.eps)
             return ap * (s @ wp) + an * (s @ wn)
-        s = r / (F.linear(a, wp) + EPS)
+        s = r / (F.linear(a, wp) + self.eps)
         return a * (s @ wp)
 
     def propagate_sign(self, nonneg_in):
@@ -204,7 +273,7 @@ class Pool(Step):
     def relevance(self, r, a):
         ap = a.clamp(min=0)
         args = (self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override)
-        s = r / (F.avg_pool2d(ap, *args) + EPS)
+        s = r / (F.avg_pool2d(ap, *args) + self.eps)
         return ap * torch.ops.aten.avg_pool2d_backward(s, ap, *args)
 
 
@@ -219,101 +288,5 @@ class AdaptivePool(Step):
 
     def relevance(self, r, a):
         ap = a.clamp(min=0)
-        s = r / (F.adaptive_avg_pool2d(ap, self.output_size) + EPS)
+        s = r / (F.adaptive_avg_pool2d(ap, self.output_size) + self.eps)
         return ap * torch.ops.aten._adaptive_avg_pool2d_backward(s, ap)
-
-
-def run_forward(steps: Sequence[Step], x: torch.Tensor, keep: bool) -> tuple[torch.Tensor, list]:
-    ctxs = []
-    for step in steps:
-        x, ctx = step.forward(x, keep)
-        ctxs.append(ctx)
-    return x, ctxs
-
-
-def run_relevance(steps: Sequence[Step], r: torch.Tensor, ctxs: list) -> torch.Tensor:
-    for step, ctx in zip(reversed(steps), reversed(ctxs), strict=True):
-        r = step.relevance(r, ctx)
-    return r
-
-
-def propagate_chain(steps: Sequence[Step], nonneg: bool) -> bool:
-    for step in steps:
-        nonneg = step.propagate_sign(nonneg)
-    return nonneg
-
-
-class Serial(Step):
-    """A block without a skip connection: its inner steps one after the other."""
-
-    def __init__(self, name: str, steps: list[Step]):
-        self.name, self.steps = name, steps
-
-    def forward(self, x, keep):
-        return run_forward(self.steps, x, keep)
-
-    def relevance(self, r, ctxs):
-        return run_relevance(self.steps, r, ctxs)
-
-    def propagate_sign(self, nonneg_in):
-        return propagate_chain(self.steps, nonneg_in)
-
-
-class Residual(Step):
-    """out = post(M(x) + S(x)) with relevance splitting: rho = |M| / (|M| + |S| + eps), R_M = rho R goes back through
-    the branch, R_S = (1 - rho) R through the shortcut (empty = identity), R_in = R_M + R_S."""
-
-    def __init__(self, name: str, branch: list[Step], shortcut: list[Step], post: list[Step]):
-        self.name, self.branch, self.shortcut, self.post = name, branch, shortcut, post
-
-    def forward(self, x, keep):
-        m, mctx = run_forward(self.branch, x, keep)
-        s, sctx = run_forward(self.shortcut, x, keep)
-        y, pctx = run_forward(self.post, m + s, keep)
-        if not keep:
-            return y, None
-        ma, sa = m.abs(), s.abs()
-        return y, (ma / (ma + sa + EPS), mctx, sctx, pctx)
-
-    def relevance(self, r, ctx):
-        rho, mctx, sctx, pctx = ctx
-        r = run_relevance(self.post, r, pctx)
-        rm = rho * r
-        return run_relevance(self.branch, rm, mctx) + run_relevance(self.shortcut, r - rm, sctx)
-
-    def propagate_sign(self, nonneg_in):
-        m = propagate_chain(self.branch, nonneg_in)
-        s = propagate_chain(self.shortcut, nonneg_in)
-        return propagate_chain(self.post, m and s)
-
-
-class DenseBlock(Step):
-    """torchvision _DenseBlock: each layer reads the concatenation of all earlier features and the block returns
-    the concatenation of all of them. Relevance of the output is split by channel; going backwards, each layer's
-    share flows through its own chain to the concatenated input and is added to the earlier features' shares."""
-
-    def __init__(self, name: str, layers: list[list[Step]]):
-        self.name, self.layers = name, layers
-
-    def forward(self, x, keep):
-        feats, ctxs = [x], []
-        for chain in self.layers:
-            new, ctx = run_forward(chain, torch.cat(feats, 1), keep)
-            feats.append(new)
-            ctxs.append(ctx)
-        return torch.cat(feats, 1), ([f.shape[1] for f in feats], ctxs) if keep else None
-
-    def relevance(self, r, ctx):
-        sizes, ctxs = ctx
-        parts = list(r.split(sizes, 1))
-        for i in range(len(self.layers) - 1, -1, -1):
-            rin = run_relevance(self.layers[i], parts[i + 1], ctxs[i])
-            for j, p in enumerate(rin.split(sizes[:i + 1], 1)):
-                parts[j] = parts[j] + p
-        return parts[0]
-
-    def propagate_sign(self, nonneg_in):
-        nonneg = nonneg_in
-        for chain in self.layers:
-            nonneg = propagate_chain(chain, nonneg) and nonneg
-        return nonneg
