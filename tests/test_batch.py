@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -10,65 +9,25 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
+from conftest import FACTORY, TESTS, class_job, noise_folder, parse_batch_args, pixels, tiny_sequential
 
 import vital
 from vital.errors import VitalError
 from vital.io import to_uint8
-from vital.jobs import Job, MineJob, ModelSpec, References, add_batch_parser, plan, run_job, run_mining
+from vital.jobs import Job, MineJob, ModelSpec, References, plan, run_job, run_mining
 from vital.jobs.work import batch_size_for
-from vital.models import load_model
 from vital.references.images import from_folder
 from vital.references.mining import MiningStore, mine
 from vital.references.mining_merge import merge_stores, shard_bounds
-
-FACTORY = "test_batch:tiny_sequential"
-TESTS = str(Path(__file__).parent)
-
-
-def tiny_sequential() -> vital.models.zoo.VisionModel:
-    """A seeded 3-conv classifier (an nn.Sequential, so LRP has rules for it): the same network in every process."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(16, 10))
-    return load_model(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size=32, name="tinyseq",
-                      categories=[f"c{i}" for i in range(10)])
-
-
-def noise_folder(folder: Path, n: int, seed: int = 0, broken: bool = False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        shift = 60 * np.sin(i)  # images that differ in brightness as well as noise
-        im = np.clip(rng.normal(128 + shift, 50, (40, 48, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(im).save(folder / f"img{i:02d}.png")
-    if broken:
-        (folder / "img99_broken.jpg").write_bytes(b"not an image")
-    return folder
 
 
 @pytest.fixture
 def refs_dir(tmp_path):
     return noise_folder(tmp_path / "refs", 6)
-
-
-def class_job(refs: Path, classes=range(5), **kw) -> Job:
-    base = dict(model=ModelSpec(factory=FACTORY), targets=tuple(vital.Class(k) for k in classes), steps=3, seed=3,
-                references=References("folder", str(refs), n=6), batch_size=2)
-    return Job(**{**base, **kw})
-
-
-def pixels(folder: Path) -> dict[str, np.ndarray]:
-    """Every target's image in a job folder, by target folder name."""
-    return {d.name: np.asarray(Image.open(d / f"{d.name}.png")) for d in sorted(folder.iterdir())
-            if d.is_dir() and not d.name.startswith(".")}
 
 
 def test_plan_groups_kinds_and_layers_then_cuts_batches():
@@ -124,26 +83,63 @@ def test_rerun_skips_complete_redoes_partial_and_refuses_another_job(tmp_path, r
 
 
 def test_failed_batch_is_reported_and_the_rest_is_done(tmp_path, refs_dir):
-    job = class_job(refs_dir, classes=[1, 2, 3], batch_size=2, references=References("offline", n=4))
-    summary = run_job(job, tmp_path / "out", progress=False)  # no offline photo for classes 1-3
-    assert (summary["done"], summary["failed"]) == (0, 3)
-    assert "no offline photo for class 1" in summary["failures"][0]["reason"]
-    assert [f["target"] for f in summary["failures"]] == ["class1", "class2", "class3"]
+    """Class 2's folder holds only an unreadable file: its batch (classes 2, 3) fails, the others are written, and a
+    rerun once the folder is fixed redoes only the failed batch."""
+    root = tmp_path / "train"
+    for k in range(5):
+        noise_folder(root / f"c{k}", 3, seed=k)
+    for p in (root / "c2").iterdir():
+        p.unlink()
+    (root / "c2" / "broken.jpg").write_bytes(b"not an image")
+    job = class_job(refs_dir, classes=range(5), references=References("class-folder", str(root), n=3))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        summary = run_job(job, out, progress=False)
+    assert (summary["done"], summary["failed"], summary["batches_run"]) == (3, 2, 3)
+    assert [f["target"] for f in summary["failures"]] == ["class2", "class3"]
+    assert "could be read" in summary["failures"][0]["reason"]
+    assert set(pixels(out)) == {"class0000", "class0001", "class0004"}
+    direct = vital.visualize(tiny_sequential(), [vital.Class(4)], from_folder(root / "c4", n=3, seed=3), steps=3,
+                             seed=3, progress=False)  # the last batch ran after the failed one, and ran right
+    assert np.array_equal(pixels(out)["class0004"], to_uint8(direct.images[0]))
+    noise_folder(root / "c2", 3, seed=2)
+    (root / "c2" / "broken.jpg").unlink()
+    again = run_job(job, out, progress=False)
+    assert (again["done"], again["skipped"], again["failed"], again["batches_run"]) == (2, 3, 0, 1)
+    assert set(pixels(out)) == {f"class{k:04d}" for k in range(5)}
+
+
+def test_a_worker_builds_the_model_once_and_releases_it(tmp_path, refs_dir):
+    """The model cache is the job's: one build for all batches, the speed options undone when the worker closes."""
+    from vital.jobs.work import Worker
+    from vital.speed import SpeedOptions
+
+    job = class_job(refs_dir, speed=SpeedOptions(channels_last=True))
+    with Worker() as worker:
+        first = worker.run_batch(job, [vital.Class(0), vital.Class(1)], 0)
+        model = worker.models.model
+        worker.run_batch(job, [vital.Class(2)], 1)
+        assert worker.models.builds == 1 and worker.models.model is model
+        assert model.module[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert json.loads(first[0].files["record.json"])["batch"]["speed"]["options"]["channels_last"]
+    assert worker.models.model is None
+    assert model.module[0].weight.is_contiguous() and not model.module._forward_pre_hooks
+    assert Worker().models.model is None  # nothing shared between workers
 
 
 def test_interrupt_keeps_finished_batches_and_writes_the_summary(tmp_path, refs_dir, monkeypatch):
-    from vital.jobs import runner
+    from vital.jobs.work import Worker
 
     calls = []
 
-    def interrupted_second_batch(job, batch, index):
+    def interrupted_second_batch(self, job, batch, index):
         calls.append(index)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(job, batch, index)
+        return real(self, job, batch, index)
 
-    real = runner.run_batch
-    monkeypatch.setattr(runner, "run_batch", interrupted_second_batch)
+    real = Worker.run_batch
+    monkeypatch.setattr(Worker, "run_batch", interrupted_second_batch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_job(class_job(refs_dir), out, progress=False)
@@ -197,12 +193,6 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, refs_dir):
     assert not list(killed.glob(".tmp-*")) and not list(killed.glob(".old-*"))
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_batch_parser(p.add_subparsers())
-    return p.parse_args(argv)
-
-
 def test_job_file_and_flags(tmp_path, refs_dir, capsys):
     from vital.jobs.cli import cmd_batch, job_dict
     from vital.jobs.spec import job_from_dict
@@ -211,20 +201,20 @@ def test_job_file_and_flags(tmp_path, refs_dir, capsys):
     toml.write_text(f'factory = "{FACTORY}"\nsteps = 2\nseed = 1\n[targets]\nlayer = "2"\nchannels = "0-2"\n'
                     f'[references]\nsource = "folder"\npath = "{refs_dir}"\nn = 4\n[options]\nrelevance = "none"\n'
                     '[speed]\nchannels_last = true\n')
-    job = job_from_dict(job_dict(_parse(["batch", str(toml), "--steps", "3", "--out", "x"])))
+    job = job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--steps", "3", "--out", "x"])))
     assert job.steps == 3 and job.seed == 1 and job.speed.channels_last and job.options == {"relevance": "none"}
     assert job.targets == (vital.Channel("2", 0), vital.Channel("2", 1), vital.Channel("2", 2))
     assert job.references == References("folder", str(refs_dir), 4)
-    assert cmd_batch(_parse(["batch", str(toml), "--batch-size", "2", "-q", "--out", str(tmp_path / "o")])) == 0
+    assert cmd_batch(parse_batch_args(["batch", str(toml), "--batch-size", "2", "-q", "--out", str(tmp_path / "o")])) == 0
     assert "3 done, 0 skipped (already complete), 0 failed of 3 targets" in capsys.readouterr().out
     toml.write_text(f'factory = "{FACTORY}"\nstep = 2\n')
     with pytest.raises(VitalError, match="unknown key 'step'.*steps"):
-        job_from_dict(job_dict(_parse(["batch", str(toml), "--out", "x"])))
+        job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--out", "x"])))
     with pytest.raises(VitalError, match="no targets"):
-        job_from_dict(job_dict(_parse(["batch", "--model", "resnet18", "--out", "x"])))
+        job_from_dict(job_dict(parse_batch_args(["batch", "--model", "resnet18", "--out", "x"])))
     with pytest.raises(VitalError, match="without channels"):
-        job_from_dict(job_dict(_parse(["batch", "--model", "resnet18", "--layer", "layer4", "--out", "x"])))
-    mine_job = job_from_dict(job_dict(_parse(["batch", "-m", "resnet18", "--weights", "none", "--mine", "layer1,layer2",
+        job_from_dict(job_dict(parse_batch_args(["batch", "--model", "resnet18", "--layer", "layer4", "--out", "x"])))
+    mine_job = job_from_dict(job_dict(parse_batch_args(["batch", "-m", "resnet18", "--weights", "none", "--mine", "layer1,layer2",
                                               "--images", "imgs", "--shards", "4", "--out", "x"])))
     assert mine_job == MineJob(ModelSpec("resnet18", None), ("layer1", "layer2"), "imgs", shards=4)
 
@@ -283,3 +273,15 @@ def test_random_named_model_is_the_same_in_every_worker():
     assert torch.equal(torch.rand(1), expected_next)
     assert all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values(),
                                                  strict=True))
+
+
+def test_a_method_that_couples_the_batch_runs_one_target_at_a_time(tmp_path, refs_dir):
+    import dataclasses
+
+    job = dataclasses.replace(class_job(refs_dir), method="deepinversion", batch_size=None)
+    summary = run_job(job, tmp_path / "out", progress=False)
+    manifest = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert manifest["batch_size"] == 1 and "couples" in manifest["batch_rule"]["rule"]
+    assert summary["batches_run"] == len(job.targets)  # (each fails here: the tiny net has no BatchNorm)
+    with pytest.raises(VitalError, match="couples the samples of a batch.*drop --batch-size 2"):
+        run_job(dataclasses.replace(job, batch_size=2), tmp_path / "other", progress=False)

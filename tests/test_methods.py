@@ -50,13 +50,29 @@ def test_maco_needs_a_magnitude(tiny_model):
 
 
 def test_maco_magnitude_from_file(tiny_model, refs, tmp_path):
-    from vital.params.maco import maco_magnitude_from_images
+    """The magnitude saved in the file, not the references' spectrum, is the one the run renders with."""
+    from vital.methods import RunOptions, build_recipe, split_options
+    from vital.params.maco import MacoParam, maco_magnitude_from_images, symmetrize_magnitude
 
+    canvas = 2 * tiny_model.size
+    images = torch.rand(2, 3, canvas, canvas, generator=torch.Generator().manual_seed(1))
+    magnitude = maco_magnitude_from_images(images, canvas)
     path = tmp_path / "mag.pt"
-    torch.save(maco_magnitude_from_images(torch.rand(2, 3, 64, 64), 64), path)
-    res = vital.visualize(tiny_model, vital.Class(1), None, method="maco", steps=3, progress=False,
-                          extra={"maco_magnitude": str(path)})
+    torch.save(magnitude, path)
+    run, opts = split_options("maco", {"magnitude": str(path), "steps": 3})
+    recipe = build_recipe("maco", tiny_model, [vital.Class(1)], [refs], RunOptions(**run), opts)
+    assert torch.allclose(recipe.param.magnitude.double(), symmetrize_magnitude(magnitude), rtol=1e-6, atol=1e-7)
+    spectrum = torch.fft.rfft2(recipe.param.raw().detach(), norm="ortho").abs()  # what is rendered has it
+    assert torch.allclose(spectrum[0], recipe.param.magnitude, atol=1e-4)
+
+    lo, hi = tiny_model.pixel_bounds()
+    from_file = MacoParam(1, canvas, lo, hi, magnitude=magnitude, generator=torch.Generator()).state()
+    res = vital.visualize(tiny_model, vital.Class(1), refs, method="maco", steps=3, progress=False,
+                          magnitude=str(path))
+    by_refs = vital.visualize(tiny_model, vital.Class(1), refs, method="maco", steps=3, progress=False)
     assert res.record["recipe"]["magnitude"] == str(path)
+    assert res.record["parameterization"]["magnitude_sha256"] == from_file["magnitude_sha256"]
+    assert by_refs.record["parameterization"]["magnitude_sha256"] != from_file["magnitude_sha256"]
 
 
 def test_direction_target_maximises_the_projection(tiny_model, refs):
@@ -74,12 +90,64 @@ def test_direction_target_maximises_the_projection(tiny_model, refs):
 def test_channel_objective_with_several_views_per_sample(tiny_model):
     """With augmentation crops (views) the batch is sample-major; each view is scored on its own sample's channel."""
     from vital.features import FeatureExtractor
-    from vital.methods.baselines import ActivationObjective
+    from vital.objectives.activation import Activation
+    from vital.objectives.base import Views
 
     targets = [vital.Channel("stage1", 3), vital.Channel("stage2", 7), vital.Channel("stage1", 5)]
-    obj = ActivationObjective(tiny_model, targets)
+    obj = Activation(tiny_model, targets)
     x = torch.randn(6, 3, 32, 32)  # 3 targets x 2 views
     feats = FeatureExtractor(tiny_model.module, ["stage1", "stage2"])(x)
     expected = torch.stack([-feats[t.layer][2 * i + v, t.channel].mean() for i, t in enumerate(targets)
                             for v in range(2)]).view(3, 2).mean(1)
-    assert torch.allclose(obj(x), expected)
+    assert torch.allclose(obj(Views(torch.zeros(3, 3, 32, 32), x)), expected)
+
+
+def _model_state(module: nn.Module) -> list:
+    """Everything a run could leave behind on a model: hooks of every kind, training flags, parameter and buffer
+    dtypes, strides, devices and gradient flags."""
+    out = []
+    for name, m in module.named_modules():
+        out.append((name, m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                    len(getattr(m, "_backward_pre_hooks", {}))))
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        out.append((name, t.dtype, t.stride(), t.device, t.requires_grad, t.grad is None))
+    return out
+
+
+@pytest.mark.parametrize("method", ["vital", "pixel", "fourier", "maco", "deepinversion"])
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_run_leaves_the_model_as_it_found_it(tiny_model, refs, method, fail, monkeypatch):
+    """After a run, and after a run that fails midway, no hook, flag, dtype or stride of the model has changed."""
+    import sys
+
+    vis = sys.modules["vital.visualize"]  # the module: `vital.visualize` is also the function
+    from vital.objectives.base import Views
+
+    tiny_model.module.stage1.insert(1, nn.BatchNorm2d(12).eval())  # DeepInversion needs BatchNorm
+    before = _model_state(tiny_model.module)
+    if fail:
+        real = vis.optimize
+
+        def failing(param, objective, settings, **kw):
+            objective.prepare(1)
+            objective(Views.of(param.image()))  # the hooks have run once
+            raise RuntimeError("midway")
+
+        monkeypatch.setattr(vis, "optimize", failing)
+        assert real is not failing
+        with pytest.raises(RuntimeError, match="midway"):
+            vital.visualize(tiny_model, vital.Class(2), refs, method=method, steps=2, progress=False)
+    else:
+        vital.visualize(tiny_model, vital.Class(2), refs, method=method, steps=2, progress=False, warmup=1)
+    assert _model_state(tiny_model.module) == before
+    if method == "vital" and not fail:  # and channel targets, whose relevance weighting uses the model too
+        targets = [vital.Channel("stage2.1", 1)]
+        vital.visualize(tiny_model, targets, refs, steps=2, progress=False, relevance="guided-backprop",
+                        mask="multiply")
+        assert _model_state(tiny_model.module) == before
+
+
+def test_couples_batch_is_a_property_of_the_method():
+    from vital.methods import METHODS
+
+    assert {name for name, m in METHODS.items() if m.couples_batch} == {"deepinversion"}

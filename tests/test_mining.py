@@ -117,7 +117,7 @@ def test_matches_brute_force(folder, tmp_path):
         for key, value in store.tensors[layer].items():
             assert torch.equal(again.tensors[layer][key], value)
     assert again.index["layers"]["4"]["receptive_field"] == {"stride": [4, 4], "size": [8, 8], "offset": [0.5, 0.5],
-                                                             "is_global": False}
+                                                             "is_global": False, "effective": None}
 
 
 def read_store(path):
@@ -309,3 +309,56 @@ def test_efficientnet_lite0_on_real_photos(tmp_path):
                               maxima[:, c].sort(descending=True).values[:3], rtol=1e-4, atol=1e-4)
     patches = store.references("_blocks.4", 0, kind="patches")
     assert [im.size for _, im in patches.images] == [(224, 224)] * 2
+
+
+def test_effective_patches_for_a_layer_that_sees_the_whole_input(folder, tmp_path):
+    """A deep layer whose theoretical field covers the input gets patches of its effective field: smaller than
+    the image, inside it, and around the unit the channel peaks at (checked by brute force)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = load_model(torchvision.models.resnet18(weights=None), size=128, name="r18")
+    store = mine(model, ["layer4"], folder, k=4, out=tmp_path / "store", progress=False)
+    field = store.index["layers"]["layer4"]["receptive_field"]
+    assert field["is_global"] and field["effective"] is not None
+    side = field["effective"][0]
+    assert 2 * 32 <= side < 128  # two strides at least, less than the whole image
+    boxes = store.tensors["layer4"]["patch_boxes"]
+    assert ((boxes[..., 2] - boxes[..., 0]) == side).all() and (boxes[..., :2] >= 0).all()
+    assert (boxes[..., 2:] <= 128).all()
+    _, acts = brute_force(model, folder, ["layer4"])
+    offset, stride = field["offset"], field["stride"]
+    for c in range(3):
+        for j, i in enumerate(store.tensors["layer4"]["patch_index"][c].tolist()):
+            act = acts["layer4"][i][c]
+            h, w = divmod(int(np.argmax(act)), act.shape[-1])
+            # the unit's centre, clamped into the image (a random network's may sit just outside)
+            cy, cx = (min(max(offset[a] + stride[a] * p, 0), 127) for a, p in ((0, h), (1, w)))
+            left, top, right, bottom = boxes[c, j].tolist()
+            assert left <= cx < right and top <= cy < bottom
+    theoretical = mine(model, ["layer4"], folder, k=4, progress=False, patch="theoretical")
+    assert (theoretical.tensors["layer4"]["patch_boxes"][..., 2] == 128).all()  # the whole image
+    with pytest.raises(VitalError, match="unknown patch rule"):
+        mine(model, ["layer4"], folder, k=4, progress=False, patch="erf")
+
+
+def test_distinct_channels_by_strength_and_source_overlap():
+    """Channel strengths k-th/1st: c0 0.9, c1 0.8, c2 0.5, c3 0.95 (but c3's sources are c0's), c4 0 (dead)."""
+    scores = torch.tensor([[10.0, 9.5, 9.0], [5.0, 4.5, 4.0], [2.0, 1.5, 1.0], [20.0, 19.5, 19.0], [0.0, 0.0, 0.0]])
+    index = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0], [1, 2, 0], [0, 1, 2]])
+    files = ["a_1.png", "a_2.png", "b_1.png", "c_1.png", "d_1.png", "e_1.png", "f_1.png", "g_1.png"]
+    store = MiningStore({"layers": {"L": {"channels": 5}}, "dataset": {"kind": "dataset"}},
+                        {"L": {"patch_scores": scores, "patch_index": index}}, files)
+    assert [c for c, _ in store.distinct_channels("L", 5)] == [3, 1, 2]  # c0 and c4 share their files with c3
+    picked = store.distinct_channels("L", 2, k=2, overlap=0.5)
+    assert picked[0][0] == 3 and picked[0][1] == pytest.approx(19.5 / 20) and picked[1][0] == 0  # 1/3 <= 0.5
+    # grouped by photo ("a_1", "a_2" -> "a"): c2 {f, g, a} overlaps c3 {a, b} by 1/4, allowed at 0.25
+    grouped = store.distinct_channels("L", 5, overlap=0.25, group=lambda f: f.split("_")[0])
+    assert [c for c, _ in grouped] == [3, 1, 2]
+
+
+def test_a_store_with_other_patch_boxes_is_refused_with_the_reason(folder, tmp_path):
+    model = tiny_model()
+    mine(model, ["4"], folder, k=2, out=tmp_path / "store", progress=False)
+    with pytest.raises(VitalError, match=r"other shapes or patch boxes for \['4'\]"):
+        mine(model, ["4"], folder, k=2, out=tmp_path / "store", progress=False, patch="effective")

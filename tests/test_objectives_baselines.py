@@ -112,7 +112,7 @@ def test_bn_loss_matches_explicit_computation():
     with BatchNormStats(net, first_multiplier=1.0) as stats:
         net(x)
         assert stats.loss() < expected
-        assert stats.state() == {"name": "batchnorm_stats", "layers": 2, "first_multiplier": 1.0}
+        assert stats.state() == {"name": "batchnorm_stats", "layers": 2, "first_multiplier": 1.0, "weight": 1.0}
 
 
 def test_bn_loss_zero_at_running_statistics_and_positive_otherwise():
@@ -145,6 +145,9 @@ def test_bn_loss_gradcheck():
 def test_bn_stats_follow_the_latest_forward_and_remove():
     net = _net()
     stats = BatchNormStats(net)
+    with pytest.raises(VitalError, match="not attached"):
+        stats.loss()
+    stats.attach()
     net(torch.zeros(2, 3, 5, 5))
     first = stats.loss()
     x = torch.randn(2, 3, 5, 5)
@@ -154,9 +157,10 @@ def test_bn_stats_follow_the_latest_forward_and_remove():
         net(x)
         torch.testing.assert_close(second, fresh.loss())
     assert not torch.allclose(first, second)
-    stats.remove()
+    stats.detach()
+    assert all(not m._forward_pre_hooks for m in net.modules())
     net(x)
-    with pytest.raises(VitalError, match="run a forward"):
+    with pytest.raises(VitalError, match="not attached"):
         stats.loss()
 
 

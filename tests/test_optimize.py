@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vital.errors import VitalError
+from vital.objectives.base import Term, Views
 from vital.optimize import LoopSettings, Stage, lr_at, optimize, setting
 from vital.params.pixel import PixelParam
 
@@ -25,7 +26,7 @@ def test_settings_table():
         setting(3)
 
 
-class Quadratic:
+class Quadratic(Term):
     """Pulls every pixel toward `target`; records the resolutions it was prepared for."""
 
     def __init__(self, target: float = 0.5):
@@ -34,11 +35,8 @@ class Quadratic:
     def prepare(self, downsample: int) -> None:
         self.prepared.append(downsample)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.target).square().flatten(1).mean(1)
-
-    def state(self) -> dict:
-        return {}
+    def __call__(self, v: Views) -> torch.Tensor:
+        return (v.image - self.target).square().flatten(1).mean(1)
 
 
 def _param(seed=0, batch=1, size=16, clip=True):

@@ -12,15 +12,8 @@ from scipy import ndimage
 
 from vital.errors import VitalError
 from vital.params.fourier import FourierParam
-from vital.params.maco import (
-    MacoParam,
-    crop_resize,
-    load_magnitude,
-    maco_augment,
-    maco_crop_boxes,
-    maco_magnitude_from_images,
-    phase_of,
-)
+from vital.params.maco import MacoParam, load_magnitude, maco_magnitude_from_images, phase_of
+from vital.transforms import crop_boxes, crop_resize, crops_with_noise
 
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
@@ -207,7 +200,7 @@ def test_load_magnitude(tmp_path):
 def test_crop_resize_matches_scipy_bilinear():
     size, out = 20, 12
     x = torch.randn(2, 3, size, size, generator=_gen(), dtype=torch.float64)
-    boxes = maco_crop_boxes(4, _gen(2), crop_scale=(0.3, 0.8))
+    boxes = crop_boxes(4, _gen(2), crop_scale=(0.3, 0.8))
     crops = crop_resize(x, boxes, out)
     assert crops.shape == (4, 3, out, out)
     u = -1 + (2 * np.arange(out) + 1) / out  # output pixel centres in the crop's normalised coordinates
@@ -222,23 +215,23 @@ def test_crop_resize_matches_scipy_bilinear():
 
 
 def test_crop_boxes_stay_inside():
-    boxes = maco_crop_boxes(200, _gen(), crop_scale=(0.2, 0.25))
+    boxes = crop_boxes(200, _gen(), crop_scale=(0.2, 0.25))
     side, centre = boxes[:, 0], boxes[:, 1:]
     assert ((side >= 0.2) & (side <= 0.25)).all()
     assert (centre.abs() + side[:, None] <= 1 + 1e-12).all()
     with pytest.raises(VitalError, match="crop_scale"):
-        maco_crop_boxes(1, _gen(), crop_scale=(0.5, 0.2))
+        crop_boxes(1, _gen(), crop_scale=(0.5, 0.2))
 
 
-def test_maco_augment_full_crop_is_identity_plus_noise():
+def test_crops_with_noise_full_crop_is_identity_plus_noise():
     x = torch.randn(2, 3, 32, 32, generator=_gen(), dtype=torch.float64)
-    clean = maco_augment(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.0)
+    clean = crops_with_noise(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.0)
     torch.testing.assert_close(clean, x.repeat_interleave(3, dim=0), rtol=0, atol=1e-12)
-    noisy = maco_augment(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.1)
+    noisy = crops_with_noise(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.1)
     assert abs((noisy - clean).std().item() - 0.1) < 0.005
-    again = maco_augment(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.1)
+    again = crops_with_noise(x, _gen(1), 3, 32, crop_scale=(1.0, 1.0), noise=0.1)
     assert torch.equal(noisy, again)
-    small = maco_augment(x.requires_grad_(True), _gen(1), 4, 24)
+    small = crops_with_noise(x.requires_grad_(True), _gen(1), 4, 24)
     assert small.shape == (8, 3, 24, 24)
     small.sum().backward()
     assert x.grad.abs().sum() > 0

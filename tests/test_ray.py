@@ -12,7 +12,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vital[ray]')")
 
-from test_batch import FACTORY, _parse, class_job, noise_folder, pixels, tiny_sequential  # noqa: E402
+from conftest import FACTORY, class_job, noise_folder, parse_batch_args, pixels, tiny_sequential  # noqa: E402
 
 import vital  # noqa: E402
 from vital.jobs import Job, MineJob, ModelSpec, References, run_job, run_mining  # noqa: E402
@@ -52,7 +52,7 @@ def test_ray_run_equals_in_process_run(cluster, tmp_path, capsys):
     assert local["done"] == 6
     argv = ["batch", "--factory", FACTORY, "--classes", "0-5", "--refs", str(refs), "--refs-flat", "-n", "6",
             "--steps", "3", "--seed", "3", "--batch-size", "2", "-q", "--ray", "auto", "--out", str(tmp_path / "ray")]
-    assert cmd_batch(_parse(argv)) == 0
+    assert cmd_batch(parse_batch_args(argv)) == 0
     assert "6 done, 0 skipped (already complete), 0 failed of 6 targets" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["backend"] == "ray auto" and summary["batches_run"] == 3

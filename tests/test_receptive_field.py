@@ -80,3 +80,38 @@ def test_patch_boxes_rule():
     assert rf.boxes(h, w, 32).tolist() == [[1, 0, 9, 8], [9, 5, 17, 13], [24, 24, 32, 32]]
     assert ReceptiveField((4, 4), (3, 3), (0.0, 0.0)).patch_size(32) == (8, 8)  # at least two strides
     assert ReceptiveField((16, 16), (99, 99), (0.0, 0.0)).patch_size(64) == (64, 64)  # at most the image
+
+
+def test_effective_field_of_a_pure_average_is_the_square_that_holds_the_mass():
+    """A 9x9 box filter: the centre unit's input gradient is uniform on a 9x9 square centred on a pixel, so a
+    centred square of whole pixels holds 1/81, 9/81, 25/81, 49/81 or all of it: 1/2 needs a side of 7, 3/4 all 9."""
+    from vital.references.receptive_field import effective_size
+
+    conv = nn.Conv2d(3, 1, 9, padding=4, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    net = nn.Sequential(conv)
+    x = torch.rand(2, 3, 33, 33, generator=torch.Generator().manual_seed(0))
+    assert effective_size(net, "0", x, mass=1.0) == (9, 9)
+    assert effective_size(net, "0", x, mass=0.75) == (9, 9)
+    assert effective_size(net, "0", x, mass=0.5) == (7, 7)
+    from vital.references.receptive_field import effective_field
+
+    assert effective_field(net, "0", x)[1] == pytest.approx((0.0, 0.0))  # unit (0, 0) looks at pixel (0, 0)
+    # a Gaussian-weighted filter concentrates the mass: the effective field is smaller than the theoretical one
+    yy, xx = torch.meshgrid(torch.arange(9.0) - 4, torch.arange(9.0) - 4, indexing="ij")
+    with torch.no_grad():
+        conv.weight.copy_(torch.exp(-(yy ** 2 + xx ** 2) / 4).expand(1, 3, 9, 9))
+    side = effective_size(net, "0", x, mass=0.75)[0]
+    assert 3 <= side < 9
+
+
+def test_effective_patches_lie_inside_the_image_and_contain_the_unit():
+    rf = ReceptiveField((32, 32), (224, 224), (15.5, 15.5), is_global=True, effective=(150, 150))
+    assert rf.patch_size(224) == (150, 150)
+    h, w = torch.arange(7).repeat_interleave(7), torch.arange(7).repeat(7)
+    boxes = rf.boxes(h, w, 224)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 224).all()
+    assert ((boxes[:, 2] - boxes[:, 0]) == 150).all() and ((boxes[:, 3] - boxes[:, 1]) == 150).all()
+    cy, cx = rf.centre(h.float(), w.float())
+    assert ((boxes[:, 0] <= cx) & (cx < boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy < boxes[:, 3])).all()

@@ -58,3 +58,72 @@ def test_rerun_refuses_custom_modules(tiny_model, tmp_path):
     rec = json.loads((tmp_path / "record.json").read_text())
     with pytest.raises(VitalError, match="custom nn.Module"):
         vital.rerun(rec)
+
+
+def _entry(refs) -> dict:
+    """A reference entry as the run record keeps it."""
+    return {"source": refs.source, "requested": refs.requested, "files": refs.describe(), "origin": refs.origin}
+
+
+def test_references_are_rebuilt_from_the_origin_not_from_strings(tmp_path):
+    from conftest import noise_folder, tiny_sequential
+
+    from vital.references.images import from_folder, from_images
+    from vital.rerun import references_from_record
+
+    photos = photo_references(967, n=3, seed=5)
+    entry = _entry(photos)
+    entry["source"] = "renamed by hand"
+    for f in entry["files"]:
+        f["file"] = "view"  # no name left to parse
+    assert references_from_record(entry).describe() == photos.describe()
+
+    store = vital.mine(tiny_sequential(), ["4"], noise_folder(tmp_path / "imgs", 5), k=3, out=tmp_path / "store",
+                       progress=False)
+    patches = store.references("4", 2, kind="patches", n=2)
+    entry = {**_entry(patches), "source": "somewhere"}
+    again = references_from_record(json.loads(json.dumps(entry)))
+    assert again.describe() == patches.describe() and again.origin == patches.origin
+
+    folder = from_folder(tmp_path / "imgs", n=3, seed=1)
+    again = references_from_record(_entry(folder))
+    assert again.files == folder.files and again.origin == folder.origin
+    with pytest.raises(VitalError, match="images in memory"):
+        references_from_record(_entry(from_images([photos.images[0][1]])))
+
+
+def test_records_without_an_origin_still_rerun():
+    """Records written before origins were recorded: the origin is read once from the old strings."""
+    from vital.rerun import legacy_origin, references_from_record
+
+    photos = photo_references(282, n=2, seed=4)
+    old = {"source": photos.source, "requested": 2, "files": photos.describe()}
+    assert legacy_origin(old) == photos.origin
+    assert references_from_record(old).describe() == photos.describe()
+
+
+def test_the_run_record_keeps_each_reference_origin(tiny_model, tmp_path):
+    refs = [photo_references(282, n=2, seed=1), from_files([photo_path("coffee.png")])]
+    res = vital.visualize(tiny_model, [vital.Class(1), vital.Class(2)], refs, steps=1, progress=False)
+    res.save(tmp_path)
+    rec = json.loads((tmp_path / "record.json").read_text())
+    assert [r["origin"] for r in rec["references"]] == [r.origin for r in refs]
+
+
+def test_records_from_before_typed_options_give_valid_arguments():
+    from vital.methods import split_options
+    from vital.rerun import run_arguments
+
+    old = {"steps": 5, "setting": 1, "seed": 2, "layers": None, "layer_weights": None, "tv_l2": None, "tv_l1": None,
+           "l2": None, "feat_dist": 1.0, "jitter": None, "flip": None, "lr": 0.1, "warmup": None,
+           "relevance": "lrp", "extra": {"maco_magnitude": "mag.pt", "maco_crops": 2}}
+    maco = run_arguments({"method": "maco", "targets": [{"kind": "class"}], "options": old})
+    assert maco == {"method": "maco", "steps": 5, "setting": 1, "seed": 2, "tv_l2": None, "tv_l1": None, "l2": None,
+                    "jitter": None, "flip": None, "lr": 0.1, "warmup": None, "magnitude": "mag.pt", "crops": 2}
+    run, own = split_options("maco", {k: v for k, v in maco.items() if k != "method"})
+    assert own.magnitude == "mag.pt" and own.crops == 2 and run["lr"] == 0.1
+    cls = run_arguments({"method": "vital", "targets": [{"kind": "class"}], "options": {**old, "extra": {}}})
+    assert "relevance" not in cls and "extra" not in cls and cls["feat_dist"] == 1.0
+    split_options("vital", {k: v for k, v in cls.items() if k != "method"})
+    neuron = run_arguments({"method": "vital", "targets": [{"kind": "channel"}], "options": {**old, "extra": {}}})
+    assert (neuron["relevance"], neuron["mask"], neuron["param"]) == ("lrp", "multiply", "pixel")

@@ -23,7 +23,7 @@ def test_class_run_objective_equals_independent_computation(tiny_model):
     """The first logged loss is the sort-matching loss of the seeded initial image, recomputed here by hand."""
     refs = _refs(0, 0)
     res = vital.visualize(tiny_model, vital.Class(3), refs, steps=3, progress=False, jitter=0, seed=5)
-    layers = res.record["objective"]["layers"]
+    layers = res.record["objective"]["terms"][1]["layers"]
     assert layers == ["stem", "stage1.1", "stage2.1"]  # the generic rule: stem + end of each resolution stage
     fx = FeatureExtractor(tiny_model.module, layers)
     ref_feats = fx(refs.load(tiny_model.transform()))
@@ -52,12 +52,25 @@ def test_result_save_writes_everything(tiny_model, tmp_path):
 
 
 def test_rerun_from_record_options_is_identical(tiny_model):
+    """Every option of a run, each away from its default, goes through the JSON record and `vital.rerun`'s
+    arguments unchanged, and gives the same image."""
+    from vital.methods import RunOptions, get_method, option_names
+    from vital.rerun import run_arguments
+
     refs = _refs(0, 0)
-    a = vital.visualize(tiny_model, vital.Class(1), refs, steps=5, progress=False, seed=4)
-    opts = {k: v for k, v in a.record["options"].items() if k not in ("steps", "setting", "seed")}
-    b = vital.visualize(tiny_model, vital.Class(1), refs, steps=5, setting=a.record["options"]["setting"],
-                        seed=a.record["seed"], progress=False, **opts)
+    given = dict(steps=4, setting=2, seed=4, tv_l2=0.01, tv_l1=0.001, l2=0.002, jitter=3, flip=True, lr=0.3,
+                 warmup=2, layers=["stem", "stage1.1"], layer_weights=[0.5, 2.0], feat_dist=0.5,
+                 relevance="guided-backprop", mask="multiply", target_weight=0.5, unweighted=0.25, param="pixel")
+    assert set(given) == set(option_names("vital")) - {"progress"}  # a new option must be added here
+    defaults = {**vars(RunOptions()), **vars(get_method("vital").options())}
+    assert all(given[k] != defaults[k] for k in given)
+    target = vital.Channel("stage2", 3)
+    a = vital.visualize(tiny_model, target, refs, method="vital", progress=False, **given)
+    args = run_arguments(json.loads(json.dumps(a.record)))
+    assert args == {"method": "vital", **given}
+    b = vital.visualize(tiny_model, target, refs, progress=False, **args)
     assert torch.equal(a.images, b.images)
+    assert b.record["options"] == a.record["options"] and b.record["loop"] == a.record["loop"]
 
 
 def test_setting0_reencodes_references_at_low_resolution(tiny_model):
@@ -71,8 +84,10 @@ def test_bad_input(tiny_model):
         vital.visualize(tiny_model, vital.Class(10), _refs(0, 0), steps=1, progress=False)
     with pytest.raises(VitalError, match="needs reference images"):
         vital.visualize(tiny_model, vital.Class(1), None, steps=1, progress=False)
-    with pytest.raises(VitalError, match="unknown option"):
+    with pytest.raises(VitalError, match=r"method 'vital' has no option\(s\) \['tv'\]; valid: .*layers.*tv_l2"):
         vital.visualize(tiny_model, vital.Class(1), _refs(0, 0), steps=1, progress=False, tv=1)
+    with pytest.raises(VitalError, match=r"method 'pixel' has no option\(s\) \['relevance'\]"):
+        vital.visualize(tiny_model, vital.Class(1), None, method="pixel", steps=1, progress=False, relevance="lrp")
     with pytest.raises(VitalError, match="unknown method"):
         vital.visualize(tiny_model, vital.Class(1), _refs(0, 0), method="vitl", progress=False)
     with pytest.raises(VitalError, match="one weight per layer"):

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vital.errors import VitalError
+from vital.models.zoo import resolve_device
+from vital.targets import parse_names
 
 
 def _floats(s: str) -> list[float]:
@@ -18,10 +20,6 @@ def _floats(s: str) -> list[float]:
         return [float(v) for v in s.split(",") if v.strip()]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{s}'") from e
-
-
-def _names(s: str) -> list[str]:
-    return [v.strip() for v in s.split(",") if v.strip()]
 
 
 def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -39,7 +37,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--setting", type=int, default=1, choices=(0, 1, 2),
                    help="0: 112px then 224px stages, 1: one 224px stage (default), 2: long run, other Adam betas")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--layers", type=_names, default=None, help="matched layers, comma-separated (default: preset)")
+    g.add_argument("--layers", type=parse_names, default=None, help="matched layers, comma-separated (default: preset)")
     g.add_argument("--layer-weights", type=_floats, default=None, help="one weight per matched layer")
     g.add_argument("--tv-l2", type=float, default=None)
     g.add_argument("--tv-l1", type=float, default=None)
@@ -50,14 +48,6 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=None, help="warmup steps (default 100)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-
-
-def _device(arg: str | None) -> str:
-    import torch
-
-    if arg:
-        return arg
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _run_options(a: argparse.Namespace) -> dict:
@@ -74,7 +64,7 @@ def cmd_class(a: argparse.Namespace) -> int:
 
     out = ensure_writable(a.out)
     classes = [k for spec in a.classes for k in parse_range(spec)]
-    model = load_model(a.model, a.weights, _device(a.device))
+    model = load_model(a.model, a.weights, resolve_device(a.device))
     targets = [Class(k) for k in classes]
     result = visualize(model, targets, _refs(a, targets, classes=True), method=a.method, **_run_options(a))
     paths = result.save(out)
@@ -95,18 +85,18 @@ def cmd_neuron(a: argparse.Namespace) -> int:
     from vital.io import ensure_writable
     from vital.models import load_model
     from vital.references.mining import MiningStore
-    from vital.targets import Channel, parse_range
+    from vital.targets import parse_channels
     from vital.visualize import visualize
 
     out = ensure_writable(a.out)
-    channels = [c for spec in a.channels for c in parse_range(spec)]
-    model = load_model(a.model, a.weights, _device(a.device))
-    targets = [Channel(a.layer, c) for c in channels]
+    targets = list(dict.fromkeys(t for spec in a.channels for t in parse_channels(spec, a.layer)))
+    model = load_model(a.model, a.weights, resolve_device(a.device))
     if (Path(a.refs) / "index.json").is_file():  # a store mined for another model or layer is refused first
         store = MiningStore.load(a.refs)
-        for c in channels:
-            store.check(model, a.layer, c)
+        for t in targets:
+            store.check(model, t.layer, t.channel)
     result = visualize(model, targets, _refs(a, targets, classes=False), method=a.method, relevance=a.relevance,
+                       mask=a.mask, target_weight=a.target_weight, unweighted=a.unweighted, param=a.param,
                        **_run_options(a))
     paths = result.save(out)
     _print_outputs(result, paths)
@@ -119,9 +109,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from vital.targets import Class, parse_range
 
     classes = parse_range(a.classes)
-    model = load_model(a.model, a.weights, _device(a.device))
+    model = load_model(a.model, a.weights, resolve_device(a.device))
     refs = dict(zip(classes, _refs(a, [Class(k) for k in classes], classes=True), strict=True))
-    result = compare(model, classes, refs, methods=_names(a.methods), out=a.out, judges=_names(a.judges),
+    result = compare(model, classes, refs, methods=parse_names(a.methods), out=a.out, judges=parse_names(a.judges),
                      fid=not a.no_fid, clip_weights=a.clip_weights, **_run_options(a))
     print(result.table.to_markdown())
     print(f"table: {result.out / 'table.md'} (.csv, .json); embedding: {result.out / 'embedding.png'}")
@@ -143,9 +133,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     visuals = visuals_from_runs(runs)
     if not visuals:
         raise VitalError("the run folders hold no class visualizations to evaluate")
-    model = load_model(a.model, a.weights, _device(a.device)) if a.model else None
+    model = load_model(a.model, a.weights, resolve_device(a.device)) if a.model else None
     out = ensure_writable(a.out)
-    table = evaluate(visuals, model, classifiers=_names(a.judges), fid=False, clip_weights=a.clip_weights,
+    table = evaluate(visuals, model, classifiers=parse_names(a.judges), fid=False, clip_weights=a.clip_weights,
                      embedding_path=out / "embedding.png", progress=not a.quiet)
     write_table(table, out)
     annotate_runs(table, runs)
@@ -158,8 +148,8 @@ def cmd_mine(a: argparse.Namespace) -> int:
     from vital.models import load_model
     from vital.references.mining import mine
 
-    model = load_model(a.model, a.weights, _device(a.device))
-    store = mine(model, _names(a.layers), a.images, k=a.k, n_images=a.n_images, out=a.out,
+    model = load_model(a.model, a.weights, resolve_device(a.device))
+    store = mine(model, parse_names(a.layers), a.images, k=a.k, n_images=a.n_images, out=a.out,
                  batch_size=a.batch_size, workers=a.workers, resume=not a.no_resume, progress=not a.quiet,
                  grid=a.grid)
     for layer in store.layers:
@@ -227,17 +217,11 @@ def cmd_layers(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from vital.demo import run_demo
 
-    run_demo(a.out, steps=a.steps, device=_device(a.device), progress=not a.quiet)
+    run_demo(a.out, steps=a.steps, device=resolve_device(a.device), progress=not a.quiet)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vital", description="Feature visualization by distribution alignment (VITAL)")
-    sub = p.add_subparsers(dest="command", required=True)
-    from vital.jobs.cli import add_batch_parser
-
-    add_batch_parser(sub)
-
+def _add_class(sub) -> None:
     c = sub.add_parser("class", help="visualise class neurons (several --class values run as one batch)")
     _add_model(c)
     c.add_argument("--class", "-c", dest="classes", action="append", required=True,
@@ -250,20 +234,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(c)
     c.set_defaults(func=cmd_class)
 
-    ne = sub.add_parser("neuron", help="visualise channels of a layer (several --channel values run as one batch)")
+
+def _add_neuron(sub) -> None:
+    ne = sub.add_parser("neuron", help="visualise channels of layers (several --channel values run as one batch)")
     _add_model(ne)
-    ne.add_argument("--layer", "-l", required=True, help="dotted layer name (see `vital layers MODEL`)")
     ne.add_argument("--channel", "-c", dest="channels", action="append", required=True,
-                    help="channel index, list or range; repeatable")
+                    help="LAYER:CHANNELS (e.g. _blocks.10:5 or layer4.2:0-3,7), or channels of --layer (an index, "
+                         "list or range); repeatable")
+    ne.add_argument("--layer", "-l", default=None, help="dotted layer name of bare --channel values (see `vital "
+                                                        "layers MODEL`)")
     ne.add_argument("--refs", required=True, help="a store written by `vital mine`, or a folder of the neuron's "
                                                   "top images")
     ne.add_argument("--ref-kind", default="images", choices=("images", "patches"),
                     help="from a store: whole top images (the paper) or top patches")
     ne.add_argument("-n", type=int, default=50, help="references per channel (default 50)")
-    ne.add_argument("--relevance", default="lrp", choices=("lrp", "lrp-restricted", "guided-backprop", "none"))
+    from vital.methods.vital import PARAMS
+    from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS
+
+    v = ne.add_argument_group("VITAL for channels (defaults: bench/RESULTS.md)")
+    v.add_argument("--relevance", default=None, choices=RELEVANCE_METHODS,
+                   help="relevance of the target that weights the alignment (default lrp)")
+    v.add_argument("--mask", default=None, choices=MASK_RULES,
+                   help="reference: align to the references' relevance-weighted distributions (default); multiply: "
+                        "the authors' per-step masks of the image's features")
+    v.add_argument("--target-weight", type=float, default=None,
+                   help="weight of matching the target channel's own distribution (default 0)")
+    v.add_argument("--unweighted", type=float, default=None,
+                   help="weight of plain alignment beside the relevance-weighted one (default 1)")
+    v.add_argument("--param", default=None, choices=PARAMS,
+                   help="image parameterization (default fourier; pixel is the paper's)")
     _add_run(ne)
     ne.set_defaults(func=cmd_neuron)
 
+
+def _add_compare_and_eval(sub) -> None:
     cp = sub.add_parser("compare", help="run several methods on several classes, evaluate, table + gallery")
     _add_model(cp)
     cp.add_argument("--classes", required=True, help="class indices or ranges, e.g. 281,967")
@@ -289,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", "-q", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_mine(sub) -> None:
     mi = sub.add_parser("mine", help="one pass over an image folder: top-k images and patches for every channel")
     mi.add_argument("model")
     mi.add_argument("--weights", default="default")
@@ -305,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--quiet", "-q", action="store_true")
     mi.set_defaults(func=cmd_mine)
 
+
+def _add_runs(sub) -> None:
+    """`rerun` and `report`: commands on run folders."""
     rr = sub.add_parser("rerun", help="repeat a run from its record.json (same model, targets, options, seed, refs)")
     rr.add_argument("record", help="record.json or the run folder holding it")
     rr.add_argument("--out", "-o", required=True)
@@ -318,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", "-o", required=True)
     rp.set_defaults(func=cmd_report)
 
+
+def _add_info(sub) -> None:
+    """`models`, `layers` and `demo`."""
     m = sub.add_parser("models", help="list model names and whether their weights are on disk")
     m.add_argument("--on-disk", action="store_true", help="only models whose weights are on disk")
     m.set_defaults(func=cmd_models)
@@ -334,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default=None)
     d.add_argument("--quiet", "-q", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vital.jobs.cli import add_batch_parser
+
+    p = argparse.ArgumentParser(prog="vital", description="Feature visualization by distribution alignment (VITAL)")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_batch_parser(sub)
+    for add in (_add_class, _add_neuron, _add_compare_and_eval, _add_mine, _add_runs, _add_info):
+        add(sub)
     return p
 
 

@@ -1,9 +1,9 @@
 """`vital demo`: the embedded default, on efficientnet_lite0 with photographs that ship with scikit-image.
 
 1. Class neurons: VITAL for classes whose real photos exist offline, batched, judged by the model itself.
-2. An intermediate neuron: references mined over the photos (`vital.mine`), the channel of a middle block whose
-   top references respond most, visualised with LRP-weighted alignment; its activation on the visualization is
-   compared with the median over its references.
+2. An intermediate neuron: references mined (`vital.mine`) over seeded crops of every offline photo, the channel
+   of a middle block whose top patches are many and alike, visualised with VITAL's channel defaults; its
+   activation and high-frequency power are compared with its reference patches'.
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import warnings
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
 
-from vital.features import FeatureExtractor
+from vital.evaluate.neuron import activation_ratio, naturalness_ratio
 from vital.io import ensure_writable
 from vital.models import load_model
 from vital.references.mining import mine
-from vital.references.photos import photo_path, photo_references
+from vital.references.photos import corpus_source, photo_corpus, photo_references
 from vital.targets import Channel, Class
 from vital.visualize import visualize
 
 DEMO_CLASSES = (282, 967)  # tiger cat (chelsea.png), espresso (coffee.png)
 DEMO_STEPS = 1000
-NEURON_LAYER = "_blocks.10"
-NEURON_REFS = 8
+NEURON_LAYER = "_blocks.7"
+NEURON_REFS = 12
 
 
 def _class_part(model, out: Path, steps: int, progress: bool) -> None:
@@ -46,25 +48,24 @@ def _class_part(model, out: Path, steps: int, progress: bool) -> None:
 
 
 def _neuron_part(model, out: Path, steps: int, progress: bool) -> None:
-    photos = Path(photo_path("chelsea.png")).parent
-    print(f"[2/2] mining {NEURON_LAYER} over the scikit-image photos, then VITAL with LRP for its most "
-          "responsive channel")
+    print(f"[2/2] mining {NEURON_LAYER} over seeded crops of the offline photos, then VITAL for a channel whose "
+          "top patches are many and alike")
+    corpus = photo_corpus(out / "corpus", size=model.size)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a few of scikit-image's files are not photographs PIL can read
-        store = mine(model, [NEURON_LAYER], photos, k=NEURON_REFS, out=out / "store", progress=progress,
-                     grid=True)
-    scores = store.tensors[NEURON_LAYER]["image_scores"][:, :NEURON_REFS]
-    channel = int(scores.median(dim=1).values.argmax())
-    refs = store.references(NEURON_LAYER, channel, kind="images", n=NEURON_REFS)
+        warnings.simplefilter("ignore")
+        store = mine(model, [NEURON_LAYER], corpus, k=NEURON_REFS, out=out / "store", progress=progress, grid=True)
+    channel, strength = store.distinct_channels(NEURON_LAYER, 1, group=corpus_source)[0]
+    refs = store.references(NEURON_LAYER, channel, kind="patches", n=NEURON_REFS)
     result = visualize(model, Channel(NEURON_LAYER, channel), refs, steps=steps, progress=progress)
     paths = result.save(out / "neuron")
-    fx = FeatureExtractor(model.module, [NEURON_LAYER])
-    with torch.no_grad():
-        act = fx(model.normalize(result.images.to(model.device)))[NEURON_LAYER][0, channel].amax().item()
-        ref_act = fx(refs.load(model.transform()).to(model.device))[NEURON_LAYER][:, channel].amax(-1)
-    print(f"  {NEURON_LAYER}:{channel}: {paths['images'][0]}  (activation {act:.2f}; median over its "
-          f"{len(ref_act)} references {ref_act.median().item():.2f})")
-    print(f"  transparency: {paths['transparency'][0]}; sheet: {paths['sheet'][0]}")
+    ref01 = refs.load(lambda im: to_tensor(im.convert("RGB").resize((model.size, model.size), Image.BICUBIC)))
+    act = activation_ratio(model, NEURON_LAYER, channel, result.images, ref01)
+    natural = naturalness_ratio(result.images, ref01)
+    print(f"  {NEURON_LAYER}:{channel} (k-th/1st top score {strength:.2f}): {paths['images'][0]}")
+    print(f"  its activation is {act:.2f}x the median of its {len(ref01)} reference patches'; high-frequency "
+          f"power {natural:.2f}x theirs (pixel noise: about 20x)")
+    print(f"  transparency: {paths['transparency'][0]}; sheet: {paths['sheet'][0]}; patches: "
+          f"{store.path / f'grid_{NEURON_LAYER}.png'}")
 
 
 def run_demo(out: str | os.PathLike = "out/demo", steps: int | None = None, device: str = "cpu",

@@ -112,3 +112,20 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple
         for h in handles:
             h.remove()
     return rows
+
+
+def upstream_of(model: nn.Module, target: str, candidates: Sequence[str], size: int = 224,
+                rows: Sequence[tuple[str, str, tuple[int, ...]]] | None = None) -> list[str]:
+    """The candidates whose output is complete before the target's output is, in the given order (the execution
+    order of one forward at `size` px, or of `rows` from `layer_table`). The target itself and the containers that
+    hold it are not upstream: only these layers can be weighted by the target's relevance (SPEC section 7)."""
+    resolve_modules(model, [target, *candidates])
+    if rows is None:
+        p = next(model.parameters(), None)
+        x = torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else torch.float32)
+        rows = layer_table(model, x)
+    order = {name: i for i, (name, _, _) in enumerate(rows)}
+    if target not in order:
+        raise VitalError(f"target layer '{target}' does not return a tensor in the forward pass")
+    return [n for n in candidates if n in order and order[n] < order[target] and not target.startswith(n + ".")]

@@ -78,6 +78,15 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
+LOSS_CURVE_POINTS = 100
+
+
+def loss_curve(history: torch.Tensor, points: int = LOSS_CURVE_POINTS) -> list[float]:
+    """The run record's loss curve: about `points` evenly spaced steps of a (steps, B) per-sample loss history,
+    each the mean over the batch (for one target's column, its own loss)."""
+    return history[:: max(1, len(history) // points)].mean(dim=1).tolist()
+
+
 def versions() -> dict:
     import torchvision
 

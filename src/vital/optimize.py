@@ -1,25 +1,25 @@
 """The one optimisation loop every method runs: stages, Adam with warmup + cosine, jitter/flip/augmentation,
-priors, clipping (by the parameterization), a NaN guard, the transparency map and a progress bar.
+clipping (by the parameterization), a NaN guard, the transparency map and a progress bar.
 
-A method supplies an `Objective` (per-sample loss of the image batch the network sees) and a `Parameterization`;
-the loop supplies everything else, so every method shares one schedule, one seed discipline and one output format.
+A method supplies an objective (a `vital.objectives.Term`: per-sample loss of the images of a step, priors
+included) and a `Parameterization`; the loop supplies everything else, so every method shares one schedule, one
+seed discipline and one output format.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.objectives.priors import l2_norm, tv_l1, tv_l2
+from vital.objectives.base import Term, Views
 from vital.params.base import Parameterization
+from vital.transforms import Augment, jitter, random_flip
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,6 @@ class LoopSettings:
     warmup: int = 100
     jitter: int = 30
     flip: bool = False
-    tv_l2: float = 0.0
-    tv_l1: float = 0.0
-    l2: float = 0.0
     seed: int = 0
     progress: bool = True
 
@@ -81,17 +78,6 @@ def lr_at(t: int, total: int, lr: float, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (t - warmup) / span)) * lr
 
 
-class Objective(Protocol):
-    """Per-sample loss of the image batch the network sees. `prepare` does the reference-side work for a
-    resolution once (under no_grad) before the steps of a stage run."""
-
-    def prepare(self, downsample: int) -> None: ...
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
-
-    def state(self) -> dict: ...
-
-
 @dataclass
 class Trace:
     """What the loop produces: final image in input space, transparency accumulator, per-step losses."""
@@ -104,22 +90,7 @@ class Trace:
     extra: dict = field(default_factory=dict)
 
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def priors(x: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
-    """Weighted TV and l2 priors per sample, (B,)."""
-    total = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    if settings.tv_l2:
-        total = total + settings.tv_l2 * tv_l2(x)
-    if settings.tv_l1:
-        total = total + settings.tv_l1 * tv_l1(x)
-    if settings.l2:
-        total = total + settings.l2 * l2_norm(x)
-    return total
-
-
-def optimize(param: Parameterization, objective: Objective, settings: LoopSettings, *,
+def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *,
              augment: Augment | None = None, description: str = "vital") -> Trace:
     """Run every stage of `settings` on `param` against `objective`. Raises VitalError on a non-finite loss."""
     gen = torch.Generator().manual_seed(settings.seed + 1)  # the parameterization used `seed` for its init
@@ -132,30 +103,31 @@ def optimize(param: Parameterization, objective: Objective, settings: LoopSettin
     try:
         for stage in settings.stages:
             objective.prepare(stage.downsample)
-            opt = torch.optim.Adam(param.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps)
-            jitter = settings.jitter // stage.downsample
+            params = param.parameters()
+            opt = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, eps=settings.eps)
+            shift = settings.jitter // stage.downsample
             t_stage = time.perf_counter()
             for t in range(stage.steps):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(t, stage.steps, settings.lr, settings.warmup)
                 image = param.image()
-                if not image.is_leaf:
-                    image.retain_grad()
                 x = F.avg_pool2d(image, stage.downsample) if stage.downsample > 1 else image
-                if jitter > 0:
-                    dy, dx = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
-                    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-                if settings.flip and torch.rand((), generator=gen) < 0.5:
-                    x = x.flip(3)
-                loss = priors(x, settings)  # on the jittered image, before any multi-crop augmentation
-                loss = loss + objective(augment(x, gen) if augment is not None else x)
+                x = jitter(x, shift, gen)
+                if settings.flip:
+                    x = random_flip(x, gen)
+                loss = objective(Views(x, augment(x, gen)) if augment is not None else Views.of(x))
                 if not torch.isfinite(loss).all():
                     raise VitalError(
                         f"the loss became {loss.detach().cpu().tolist()} at step {len(history)}; lower --lr, raise "
                         "the priors (--tv-l2, --l2) or check the references (stopped: no image was written)")
-                opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
-                acc += image.grad.detach().abs().mean(dim=1)
+                # gradients of the image parameters (and of the rendered image, for the transparency map) only:
+                # nothing accumulates in the model's parameters, and their weight gradients are never computed
+                wrt = params if image.is_leaf else [*params, image]
+                grads = torch.autograd.grad(loss.sum(), wrt)
+                for p, g in zip(params, grads, strict=False):
+                    p.grad = g
+                image_grad = grads[-1] if not image.is_leaf else next(g for p, g in zip(params, grads, strict=False) if p is image)
+                acc += image_grad.abs().mean(dim=1)
                 opt.step()
                 with torch.no_grad():
                     param.after_step()

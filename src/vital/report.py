@@ -95,21 +95,6 @@ def rows_from_entries(entries: Iterable[GalleryEntry]) -> list[GalleryRow]:
     return list(rows.values())
 
 
-def entries_from_evaluation(visuals: Sequence[Any], table: Any | None = None,
-                            references: dict[int, Sequence[Path]] | None = None) -> list[GalleryEntry]:
-    """Entries for `vital.evaluate.Visual`s saved as files, with their ranks from an `EvalTable` as metrics."""
-    per_visual = table.per_visual if table is not None else [{} for _ in visuals]
-    out = []
-    for v, pv in zip(visuals, per_visual, strict=True):
-        if not isinstance(v.image, (str, os.PathLike)):
-            raise VitalError("the gallery shows image files: save each visualization as PNG first")
-        metrics = {k: val for k, val in pv.items() if k.endswith(" rank")}
-        label = v.label or pv.get("label") or f"class {v.target_class}"
-        out.append(GalleryEntry(Path(v.image), v.method, label, v.transparency_path,
-                                metrics, list((references or {}).get(v.target_class, []))))
-    return out
-
-
 def _target_label(target: Any) -> str:
     """A run record's target (a string, a class index, or a dict such as {"kind", "index", "name"}) as text."""
     if isinstance(target, dict):

@@ -1,7 +1,10 @@
 """Repeat a run from its `record.json`: the same model and weights, targets, method, options, seed and references.
 
-References are rebuilt from what the record says they were: files on disk, views of an offline photo, or a mined
-store's top images/patches; their SHA-256 hashes are checked against the record, and a difference is reported.
+References are rebuilt from the structured origin the record keeps for each set (`record["references"][i]
+["origin"]`, see `vital.references.images`): the recorded files on disk, seeded views of an offline photo, or a
+mined store's top images/patches; their SHA-256 hashes are checked against the record, and a difference is
+reported. Records written before origins were recorded have their origin read once from the old strings
+(`legacy_origin`).
 """
 
 from __future__ import annotations
@@ -47,28 +50,52 @@ def _target(t: dict) -> Target:
     raise VitalError(f"unknown target kind {t['kind']!r} in the record")
 
 
-def _references(entry: dict | None) -> ReferenceSet | None:
-    if entry is None:
-        return None
+def legacy_origin(entry: dict) -> dict:
+    """The origin of a reference entry written before records kept one, read from its strings: photo views are
+    named "skimage:NAME#viewI(seed=S)", a store's source is "STORE:LAYER:CHANNEL:KIND"; anything else is files."""
     files = [f["file"] for f in entry["files"]]
     photo = PHOTO_VIEW.match(files[0]) if files else None
     if photo:
-        from vital.references.photos import OFFLINE_PHOTOS, photo_references
+        from vital.references.photos import OFFLINE_PHOTOS
 
         cls = next((k for k, v in OFFLINE_PHOTOS.items() if v == photo["name"]), None)
-        if cls is None:
-            raise VitalError(f"the record's references are views of {photo['name']}, which is not an offline photo")
-        return photo_references(cls, n=len(files), seed=int(photo["seed"]))
+        return {"kind": "photo", "class": cls, "name": photo["name"], "n": len(files), "seed": int(photo["seed"])}
     parts = entry["source"].rsplit(":", 3)
     if len(parts) == 4 and (Path(parts[0]) / "index.json").is_file():
+        return {"kind": "mined", "store": parts[0], "layer": parts[1], "channel": int(parts[2]), "ref_kind": parts[3],
+                "n": len(files)}
+    return {"kind": "files"}
+
+
+def references_from_record(entry: dict | None) -> ReferenceSet | None:
+    """Rebuild one reference set of a run record from its origin."""
+    if entry is None:
+        return None
+    origin = entry.get("origin") or legacy_origin(entry)
+    kind = origin.get("kind")
+    if kind == "photo":
+        from vital.references.photos import OFFLINE_PHOTOS, photo_references
+
+        if origin.get("class") not in OFFLINE_PHOTOS:
+            raise VitalError(f"the record's references are views of {origin.get('name')}, which is not an offline "
+                             "photo here")
+        return photo_references(int(origin["class"]), n=int(origin["n"]), seed=int(origin["seed"]))
+    if kind == "mined":
         from vital.references.mining import MiningStore
 
-        store_path, layer, channel, kind = parts
-        return MiningStore.load(store_path).references(layer, int(channel), kind=kind, n=len(files))
-    missing = [f for f in files if not Path(f).is_file()]
+        if not origin.get("store"):
+            raise VitalError("the run's references came from a mining store that was not saved; mine with --out "
+                             "(vital mine) and run again")
+        return MiningStore.load(origin["store"]).references(origin["layer"], int(origin["channel"]),
+                                                            kind=origin["ref_kind"], n=origin.get("n"))
+    if kind == "memory":
+        raise VitalError("the run's references were images in memory, which a record cannot rebuild; save them as "
+                         "files and pass them with vital.references.from_files")
+    files = [Path(f["file"]) for f in entry["files"]]  # folder, class_folder, files: exactly the recorded sample
+    missing = [f for f in files if not f.is_file()]
     if missing:
         raise VitalError(f"{len(missing)} reference file(s) of the run are missing, e.g. {missing[0]}; restore them")
-    return ReferenceSet(files=[Path(f) for f in files], source=entry["source"], requested=entry.get("requested"))
+    return ReferenceSet(files=files, source=entry["source"], requested=entry.get("requested"), origin=dict(origin))
 
 
 def _check_hashes(entry: dict | None, refs: ReferenceSet | None) -> None:
@@ -80,6 +107,33 @@ def _check_hashes(entry: dict | None, refs: ReferenceSet | None) -> None:
     if changed:
         warnings.warn(f"{changed} of {len(then)} reference images differ from the recorded run "
                       f"({entry['source']}): the result will differ too", stacklevel=3)
+
+
+LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight": "bn_weight"}
+
+
+def _legacy_options(record: dict, options: dict) -> dict:
+    """Options of a record written before methods had typed options: one bag with every method's fields (None or
+    the old defaults where unused) and an `extra` dict. Keep what the method used, under today's names."""
+    if "extra" not in options:
+        return options
+    out = {k: v for k, v in options.items() if k != "extra"}
+    out.update({LEGACY_EXTRA[k]: v for k, v in options["extra"].items() if k in LEGACY_EXTRA})
+    classes = all(t.get("kind") == "class" for t in record.get("targets", []))
+    if record["method"] != "vital" or classes:
+        out.pop("relevance", None)  # recorded as "lrp" whether or not the method used it
+    if record["method"] != "vital":
+        for k in ("layers", "layer_weights", "feat_dist"):
+            out.pop(k, None)
+    elif not classes:  # a channel run before the measured defaults: the authors' form was the only one
+        out.update(mask="multiply", target_weight=0.0, unweighted=0.0, param="pixel")
+    return out
+
+
+def run_arguments(record: dict) -> dict:
+    """The keyword arguments of `vital.visualize` that the record's run used: the method and every option."""
+    options = _legacy_options(record, {k: v for k, v in record["options"].items() if k != "progress"})
+    return {"method": record["method"], **options}
 
 
 def rerun(record: str | os.PathLike | dict, device: str | None = None, progress: bool = True,
@@ -94,10 +148,7 @@ def rerun(record: str | os.PathLike | dict, device: str | None = None, progress:
         record = json.loads(path.read_text())
     model = load_model(record["model"]["name"], weights or _weights(record["model"]), device or "cpu")
     targets = [_target(t) for t in record["targets"]]
-    refs = [_references(e) for e in record["references"]]
+    refs = [references_from_record(e) for e in record["references"]]
     for e, r in zip(record["references"], refs, strict=True):
         _check_hashes(e, r)
-    options = dict(record["options"])
-    steps, setting, seed = options.pop("steps"), options.pop("setting"), options.pop("seed")
-    return visualize(model, targets, refs, method=record["method"], steps=steps, setting=setting, seed=seed,
-                     progress=progress, **options)
+    return visualize(model, targets, refs, progress=progress, **run_arguments(record))

@@ -53,12 +53,26 @@ class Direction:
 Target = Class | Channel | Direction
 
 
-def parse_channel(spec: str) -> Channel:
-    """'layer4.2:1935' -> Channel('layer4.2', 1935)."""
-    layer, sep, ch = spec.rpartition(":")
-    if not sep or not layer or not ch.strip().isdigit():
+def parse_channels(spec: str, layer: str | None = None) -> list[Channel]:
+    """The command line's channel form: 'layer4.2:1935' or 'layer4.2:0-3,7' (LAYER:CHANNELS), or bare channels
+    ('5', '0-3,7') of `layer`."""
+    name, sep, channels = spec.rpartition(":")
+    if sep and not name.strip():
         raise VitalError(f"cannot read '{spec}' as layer:channel (e.g. layer4.2:1935)")
-    return Channel(layer.strip(), int(ch))
+    if not sep:
+        if not layer:
+            raise VitalError(f"channel '{spec}' has no layer: write LAYER:{spec} (e.g. layer4.2:{spec}) or pass "
+                             "--layer")
+        name, channels = layer, spec
+    out = [Channel(name.strip(), c) for c in parse_range(channels)]
+    if not out:
+        raise VitalError(f"no channel in '{spec}'; write layer:channel (e.g. layer4.2:1935)")
+    return out
+
+
+def parse_names(spec: str) -> list[str]:
+    """'layer1, layer2,' -> ['layer1', 'layer2']: a comma-separated list of names (layers, methods, models)."""
+    return [v.strip() for v in spec.split(",") if v.strip()]
 
 
 def parse_range(spec: str) -> list[int]:

@@ -15,6 +15,7 @@ from vital.errors import VitalError
 from vital.io import (
     contact_sheet,
     ensure_writable,
+    loss_curve,
     save_png,
     save_rgba,
     to_uint8,
@@ -22,7 +23,7 @@ from vital.io import (
     versions,
     write_json,
 )
-from vital.methods import RunOptions, build_recipe
+from vital.methods import RunOptions, build_recipe, split_options
 from vital.models.zoo import VisionModel, load_model
 from vital.optimize import optimize
 from vital.references.images import ReferenceSet, load_rgb
@@ -98,8 +99,10 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
               **options) -> Result:
     """Visualise `targets` (a `Class`, a `Channel`, or a list optimised together as one batch).
 
-    `references`: one `ReferenceSet` for all targets or one per target. Other keyword options are the fields of
-    `RunOptions` (layers, layer_weights, tv_l2, tv_l1, l2, feat_dist, jitter, flip, lr, warmup, relevance, ...)."""
+    `references`: one `ReferenceSet` for all targets or one per target. Other keyword options are the loop's
+    (`vital.methods.RunOptions`: tv_l2, tv_l1, l2, jitter, flip, lr, warmup) and the method's own (VITAL's:
+    layers, layer_weights, feat_dist, relevance, mask, target_weight, unweighted, param; `vital.methods.option_names`
+    lists them); an option the method does not know is an error."""
     if isinstance(model, str):
         model = load_model(model)
     targets = _as_list(targets)
@@ -110,36 +113,35 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
     for t in targets:
         _check_target(model, t)
-    unknown = set(options) - set(RunOptions.__dataclass_fields__)
-    if unknown:
-        raise VitalError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(RunOptions.__dataclass_fields__)}")
-    opts = RunOptions(steps=steps, setting=setting, seed=seed, progress=progress, **options)
+    run_kwargs, method_opts = split_options(method, options)
+    opts = RunOptions(steps=steps, setting=setting, seed=seed, progress=progress, **run_kwargs)
     t0 = time.perf_counter()
-    recipe = build_recipe(method, model, targets, refs, opts)
-    prep = time.perf_counter() - t0
+    recipe = build_recipe(method, model, targets, refs, opts, method_opts)
     labels = [_label(model, t) for t in targets]
-    trace = optimize(recipe.param, recipe.objective, recipe.settings, augment=recipe.augment,
-                     description=f"{method} {', '.join(map(str, targets))}"[:60])
+    with recipe:  # hooks exist only inside; the model is left as it was found, after an error too
+        prep = time.perf_counter() - t0
+        trace = optimize(recipe.param, recipe.objective, recipe.settings, augment=recipe.augment,
+                         description=f"{method} {', '.join(map(str, targets))}"[:60])
     images = model.denormalize(trace.image).clamp(0, 1).cpu()
     record = {
         "method": method,
         "model": {"name": model.name, "weights": model.weights_id, "mean": model.mean, "std": model.std,
                   "size": model.size, "resize": model.resize, "interpolation": model.interpolation},
         "targets": [{"kind": type(t).__name__.lower(), **asdict(t), "label": lab} for t, lab in zip(targets, labels, strict=True)],
-        "options": {k: v for k, v in asdict(opts).items() if k != "progress"},
+        "options": {**{k: v for k, v in asdict(opts).items() if k != "progress"}, **asdict(method_opts)},
         "loop": recipe.settings.as_dict(),
         "objective": recipe.objective.state(),
         "parameterization": recipe.param.state(),
         "recipe": recipe.record,
-        "references": [None if r is None else {"source": r.source, "requested": r.requested, "files": r.describe()}
-                       for r in refs],
+        "references": [None if r is None else {"source": r.source, "requested": r.requested, "files": r.describe(),
+                                               "origin": r.origin} for r in refs],
         "seed": seed,
         "device": str(model.device),
         "versions": versions(),
         "timings": {"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3),
                     "optimise_s": round(trace.seconds, 3), "step_ms": round(1000 * trace.step_seconds, 3)},
         "final_loss": trace.history[-1].tolist(),
-        "loss_curve": trace.history[:: max(1, len(trace.history) // 100)].mean(dim=1).tolist(),
+        "loss_curve": loss_curve(trace.history),
     }
     return Result(images, trace.grad_accumulator.cpu(), trace.history, targets, labels, refs, record)
 

@@ -21,12 +21,13 @@ import torch
 from vital.errors import VitalError
 from vital.evaluate.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
 from vital.evaluate.clip import ClipResult, clip_zero_shot
-from vital.evaluate.fid import FIDResult
+from vital.evaluate.fid import FIDResult, InceptionFeatures
 from vital.models import VisionModel
 
 # The FID function stays in its module (`from vital.evaluate.fid import fid`): a package attribute of the same
 # name would hide the submodule `vital.evaluate.fid`.
-__all__ = ["ClipResult", "EvalTable", "FIDResult", "Visual", "clip_zero_shot", "evaluate", "topk_accuracy"]
+__all__ = ["ClipResult", "EvalTable", "FIDResult", "InceptionFeatures", "Visual", "clip_zero_shot", "evaluate",
+           "topk_accuracy"]
 
 
 @dataclass
@@ -107,6 +108,93 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
+class _Table:
+    """An `EvalTable` being filled, metric by metric, with the visuals grouped by method (in first-seen order)."""
+
+    def __init__(self, visuals: Sequence[Visual], namer: VisionModel | None):
+        self.images = [v.image for v in visuals]
+        self.targets = [int(v.target_class) for v in visuals]
+        methods = list(dict.fromkeys(v.method for v in visuals))
+        self.by_method = {m: [i for i, v in enumerate(visuals) if v.method == m] for m in methods}
+        self.table = EvalTable(["n"], {m: {"n": len(idx)} for m, idx in self.by_method.items()}, meta={
+            "units": "accuracies in %; ranks are 1-based (1 = top-1)"})
+        self.table.per_visual = [
+            {"method": v.method, "target": t, "label": v.label or _class_label(t, namer),
+             "image": str(v.image) if not isinstance(v.image, torch.Tensor) else None}
+            for v, t in zip(visuals, self.targets, strict=True)]
+
+    def add_ranks(self, name: str, ranks: Sequence[int] | None) -> None:
+        """Columns "<name> top-1" and "<name> top-5" (% of each method's visuals ranked within 1 and 5; empty
+        without `ranks`) and each visual's "<name> rank"."""
+        self.table.columns += [f"{name} top-1", f"{name} top-5"]
+        for m, idx in self.by_method.items():
+            own = [ranks[i] for i in idx] if ranks else []
+            for k in (1, 5):
+                self.table.rows[m][f"{name} top-{k}"] = _pct(sum(r <= k for r in own) / len(own)) if own else None
+        for pv, r in zip(self.table.per_visual, ranks or [], strict=False):
+            pv[f"{name} rank"] = r
+
+    def note(self, text: str) -> None:
+        self.table.notes.append(text)
+
+
+def _score_classifiers(t: _Table, model: VisionModel | None, judges: Sequence[VisionModel], progress: bool) -> None:
+    """Top-1/top-5 of the target class by the target model ("target") and by each judge."""
+    t.table.meta["target_model"] = model.name if model is not None else None
+    t.table.meta["judges"] = [j.name for j in judges]
+    t.note(f"accuracies in %; target model: {t.table.meta['target_model'] or 'none given'}; "
+           f"judges: {', '.join(t.table.meta['judges']) or 'none'}")
+    for name, clf in ([("target", model)] if model is not None else []) + [(j.name, j) for j in judges]:
+        t.add_ranks(name, topk_accuracy(clf, t.images, t.targets, progress=progress)["ranks"])
+
+
+def _score_fid(t: _Table, real_images: Mapping[int, Sequence[ImageLike]] | None, features: InceptionFeatures,
+               progress: bool) -> None:
+    """FID of each method's visuals against the real images of the classes they show."""
+    t.table.columns += ["FID", "FID n (vis/real)"]
+    if not real_images:
+        t.note("FID skipped: no real images given (pass real images per class, e.g. --refs)")
+    for m, idx in t.by_method.items():
+        row = t.table.rows[m]
+        row["FID"], row["FID n (vis/real)"] = None, None
+        classes = sorted({t.targets[i] for i in idx})
+        reals = [im for k in classes for im in (real_images or {}).get(k, [])]
+        missing = [k for k in classes if not (real_images or {}).get(k)]
+        if real_images and missing:
+            t.note(f"FID {m}: no real images for class(es) {missing}")
+        if len(idx) < 2 or len(reals) < 2:
+            if real_images:
+                t.note(f"FID {m}: needs at least 2 visualizations and 2 real images (has {len(idx)} and "
+                       f"{len(reals)})")
+            continue
+        r = features.fid([t.images[i] for i in idx], reals, progress=progress)
+        row["FID"], row["FID n (vis/real)"] = r.value, f"{r.n_a}/{r.n_b}"
+        if r.singular:
+            t.note(f"{m}: {r.describe()}")
+
+
+def _score_clip(t: _Table, weights: str | os.PathLike | None, arch: str, device, progress: bool) -> None:
+    clip = clip_zero_shot(t.images, t.targets, weights, arch=arch, device=device, progress=progress)
+    if clip.skipped:
+        t.note(clip.skipped)
+    t.table.meta["clip"] = {"arch": clip.arch, "weights": str(weights) if weights else None, "skipped": clip.skipped}
+    t.add_ranks("CLIP", None if clip.skipped else clip.ranks)
+
+
+def _embedding(t: _Table, judge: VisionModel | None, real_images: Mapping[int, Sequence[ImageLike]] | None,
+               path: str | os.PathLike, progress: bool) -> None:
+    """A t-SNE plot of the judge's penultimate features: real images first (below), then each method."""
+    from vital.evaluate.embedding import embedding_plot
+
+    if judge is None:
+        raise VitalError("an embedding plot needs a model: pass a target model or a classifier")
+    real = [(im, k) for k, ims in (real_images or {}).items() for im in ims]
+    groups = {"real": ([im for im, _ in real], [k for _, k in real])} if real else {}
+    groups.update({m: ([t.images[i] for i in idx], [t.targets[i] for i in idx]) for m, idx in t.by_method.items()})
+    names = {k: judge.class_name(k) for k in set(t.targets)}
+    t.table.meta["embedding"] = str(embedding_plot(judge, groups, path, class_names=names, progress=progress))
+
+
 def evaluate(visuals: Sequence[Visual], model: VisionModel | None = None,
              classifiers: Sequence[str | VisionModel] = DEFAULT_JUDGES,
              real_images: Mapping[int, Sequence[ImageLike]] | None = None, fid: bool = True,
@@ -115,84 +203,19 @@ def evaluate(visuals: Sequence[Visual], model: VisionModel | None = None,
              progress: bool = True) -> EvalTable:
     """Judge `visuals` method by method: target-model and judge top-1/top-5, FID against `real_images` of the
     same classes ({class: [paths or (3,H,W) tensors]}), CLIP zero-shot (skipped without `clip_weights`), and
-    optionally a t-SNE plot of the first judge's penultimate features saved at `embedding_path`."""
-    from vital.evaluate.fid import fid as fid_fn
+    optionally a t-SNE plot of the first judge's penultimate features saved at `embedding_path`.
 
+    The FID network and its features live for this call only (one `InceptionFeatures`): real images shared by
+    several methods go through it once."""
     if not visuals:
         raise VitalError("nothing to evaluate: no visualizations given")
     device = device if device is not None else (model.device if model is not None else "cpu")
-    methods = list(dict.fromkeys(v.method for v in visuals))
-    by_method = {m: [i for i, v in enumerate(visuals) if v.method == m] for m in methods}
-    images = [v.image for v in visuals]
-    targets = [int(v.target_class) for v in visuals]
-    columns: list[str] = ["n"]
-    rows: dict[str, dict[str, Any]] = {m: {"n": len(by_method[m])} for m in methods}
     judges = [c if isinstance(c, VisionModel) else load_judges([c], device)[0] for c in classifiers]
-    namer = model if model is not None else (judges[0] if judges else None)
-    per_visual: list[dict[str, Any]] = [
-        {"method": v.method, "target": t, "label": v.label or _class_label(t, namer),
-         "image": str(v.image) if not isinstance(v.image, torch.Tensor) else None}
-        for v, t in zip(visuals, targets, strict=True)]
-    notes: list[str] = []
-    meta: dict[str, Any] = {"units": "accuracies in %; ranks are 1-based (1 = top-1)"}
-    scored = ([("target", model)] if model is not None else []) + [(j.name, j) for j in judges]
-    meta["target_model"] = model.name if model is not None else None
-    meta["judges"] = [j.name for j in judges]
-    notes.append(f"accuracies in %; target model: {meta['target_model'] or 'none given'}; "
-                 f"judges: {', '.join(meta['judges']) or 'none'}")
-    for col, clf in scored:
-        res = topk_accuracy(clf, images, targets, progress=progress)
-        columns += [f"{col} top-1", f"{col} top-5"]
-        for m, idx in by_method.items():
-            ranks = [res["ranks"][i] for i in idx]
-            rows[m][f"{col} top-1"] = _pct(sum(r <= 1 for r in ranks) / len(ranks))
-            rows[m][f"{col} top-5"] = _pct(sum(r <= 5 for r in ranks) / len(ranks))
-        for pv, r in zip(per_visual, res["ranks"], strict=True):
-            pv[f"{col} rank"] = r
-
+    t = _Table(visuals, model if model is not None else (judges[0] if judges else None))
+    _score_classifiers(t, model, judges, progress)
     if fid:
-        columns += ["FID", "FID n (vis/real)"]
-        if not real_images:
-            notes.append("FID skipped: no real images given (pass real images per class, e.g. --refs)")
-        for m, idx in by_method.items():
-            classes = sorted({targets[i] for i in idx})
-            reals = [im for k in classes for im in (real_images or {}).get(k, [])]
-            missing = [k for k in classes if not (real_images or {}).get(k)]
-            if real_images and missing:
-                notes.append(f"FID {m}: no real images for class(es) {missing}")
-            rows[m]["FID"], rows[m]["FID n (vis/real)"] = None, None
-            if len(idx) < 2 or len(reals) < 2:
-                if real_images:
-                    notes.append(f"FID {m}: needs at least 2 visualizations and 2 real images "
-                                 f"(has {len(idx)} and {len(reals)})")
-                continue
-            r = fid_fn([images[i] for i in idx], reals, device=device, progress=progress)
-            rows[m]["FID"], rows[m]["FID n (vis/real)"] = r.value, f"{r.n_a}/{r.n_b}"
-            if r.singular:
-                notes.append(f"{m}: {r.describe()}")
-
-    clip = clip_zero_shot(images, targets, clip_weights, arch=clip_arch, device=device, progress=progress)
-    columns += ["CLIP top-1", "CLIP top-5"]
-    if clip.skipped:
-        notes.append(clip.skipped)
-    meta["clip"] = {"arch": clip.arch, "weights": str(clip_weights) if clip_weights else None,
-                    "skipped": clip.skipped}
-    for m, idx in by_method.items():
-        ranks = [clip.ranks[i] for i in idx] if not clip.skipped else []
-        rows[m]["CLIP top-1"] = _pct(sum(r <= 1 for r in ranks) / len(ranks)) if ranks else None
-        rows[m]["CLIP top-5"] = _pct(sum(r <= 5 for r in ranks) / len(ranks)) if ranks else None
-    for pv, r in zip(per_visual, clip.ranks, strict=False):
-        pv["CLIP rank"] = r
-
+        _score_fid(t, real_images, InceptionFeatures(device), progress)
+    _score_clip(t, clip_weights, clip_arch, device, progress)
     if embedding_path is not None:
-        from vital.evaluate.embedding import embedding_plot
-
-        judge = judges[0] if judges else model
-        if judge is None:
-            raise VitalError("an embedding plot needs a model: pass a target model or a classifier")
-        real = [(im, k) for k, ims in (real_images or {}).items() for im in ims]
-        groups = {"real": ([im for im, _ in real], [k for _, k in real])} if real else {}  # drawn first, below
-        groups.update({m: ([images[i] for i in idx], [targets[i] for i in idx]) for m, idx in by_method.items()})
-        names = {k: judge.class_name(k) for k in set(targets)}
-        meta["embedding"] = str(embedding_plot(judge, groups, embedding_path, class_names=names, progress=progress))
-    return EvalTable(columns, rows, per_visual, notes, meta)
+        _embedding(t, judges[0] if judges else model, real_images, embedding_path, progress)
+    return t.table

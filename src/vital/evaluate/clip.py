@@ -2,15 +2,14 @@
 
 Each image is scored against one text embedding per ImageNet class ("a photo of a {name}."); the target's rank
 among the cosine similarities gives top-1/top-5. Without open_clip or without a weights file the metric is
-skipped with one line that says how to enable it. Weights are never downloaded.
+skipped with one line that says how to enable it. Weights are never downloaded. The model is loaded once per call
+and dropped after it; nothing is kept between calls.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from vital.errors import VitalError
 from vital.evaluate.classify import Images, as_image_list, target_ranks
+from vital.offline import hf_offline
 
 PROMPT = "a photo of a {}."
 ENABLE = "pip install open_clip_torch and pass --clip-weights FILE (a local open_clip checkpoint)"
@@ -60,24 +60,11 @@ def imagenet_class_names() -> list[str]:
         return imagenet_categories()
 
 
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
-@functools.lru_cache(maxsize=2)
 def _load(arch: str, weights: str, device: str):
+    """(model, preprocess, tokenizer) of open_clip `arch` from the local checkpoint `weights`, never downloaded."""
     import open_clip
 
-    with _offline():
+    with hf_offline():
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
             tokenizer = open_clip.get_tokenizer(arch)
@@ -88,9 +75,8 @@ def _load(arch: str, weights: str, device: str):
     return model.eval(), preprocess, tokenizer
 
 
-@functools.lru_cache(maxsize=2)
-def _class_text(arch: str, weights: str, device: str, names: tuple[str, ...]) -> torch.Tensor:
-    model, _, tokenizer = _load(arch, weights, device)
+def _class_text(model, tokenizer, device: str, names: Sequence[str]) -> torch.Tensor:
+    """(K, D) text embeddings of the class prompts."""
     out = []
     with torch.no_grad():
         for s in range(0, len(names), 250):
@@ -122,8 +108,8 @@ def clip_zero_shot(images: Images, targets: Sequence[int], weights: str | os.Pat
     if bad:
         raise VitalError(f"target class {bad[0]} has no class name ({len(names)} names): pass class_names")
     dev = str(torch.device(device))
-    model, preprocess, _ = _load(arch, str(path.resolve()), dev)
-    text = _class_text(arch, str(path.resolve()), dev, names)
+    model, preprocess, tokenizer = _load(arch, str(path.resolve()), dev)
+    text = _class_text(model, tokenizer, dev, names)
     emb = []
     with torch.no_grad():
         for s in tqdm(range(0, len(ims), batch_size), desc="CLIP", disable=not progress, leave=False):

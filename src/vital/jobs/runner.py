@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from vital.errors import VitalError
 from vital.jobs.layout import Layout
 from vital.jobs.spec import Job
-from vital.jobs.work import TargetFiles, run_batch, suggest_batch_size
+from vital.jobs.work import TargetFiles, Worker
+from vital.methods import get_method
 from vital.targets import Channel, Target
 
 
@@ -34,27 +35,37 @@ def plan(targets: Sequence[Target], batch_size: int) -> list[list[Target]]:
 
 
 class LocalPool:
-    """Runs batches one after another in this process."""
+    """Runs batches (or mining shards) one after another in this process, with one `Worker` for the job: the model
+    is built once and released when the pool closes."""
 
     name = "in-process"
+
+    def __init__(self) -> None:
+        self.worker = Worker()
 
     def __enter__(self) -> LocalPool:
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        self.worker.close()
 
     def suggest_batch_size(self, job: Job, probe: Sequence[Target]) -> tuple[int, dict]:
-        return suggest_batch_size(job, probe)
+        return self.worker.suggest_batch_size(job, probe)
+
+    def map(self, method: str, items: Sequence[tuple[Any, tuple]], done, failed) -> None:
+        """Call the worker's `method(*args)` for each (item, args); its value goes to `done(value)`, its error to
+        `failed(item, reason)`: one bad item does not stop the others (it is reported and redone on a rerun)."""
+        call = getattr(self.worker, method)
+        for item, args in items:
+            try:
+                value = call(*args)
+            except Exception as e:
+                failed(item, f"{type(e).__name__}: {e}")
+            else:
+                done(value)
 
     def run(self, job: Job, todo: Sequence[tuple[int, list[Target]]], done, failed) -> None:
-        for index, batch in todo:
-            try:
-                outputs = run_batch(job, batch, index)
-            except Exception as e:  # one bad batch must not stop the job: it is reported and redone on a rerun
-                failed(batch, f"{type(e).__name__}: {e}")
-            else:
-                done(outputs)
+        self.map("run_batch", [(batch, (job, batch, index)) for index, batch in todo], done, failed)
 
 
 class _Tracker:
@@ -82,7 +93,8 @@ class _Tracker:
                 self.failures.append({"target": str(t), "reason": reason.strip().splitlines()[-1][:500]})
 
 
-def _pool(ray: str | None, retries: int, job: Job):
+def make_pool(ray: str | None, retries: int, job: Job | Any) -> LocalPool | Any:
+    """The pool that runs a job's work: in this process (`ray` None) or on Ray actors."""
     if ray is None:
         return LocalPool()
     from vital.jobs.ray_backend import RayPool
@@ -97,12 +109,17 @@ def run_job(job: Job, out: str | os.PathLike, *, ray: str | None = None, retries
     start = time.perf_counter()
     layout = Layout(out)
     manifest = layout.prepare(job.identity(), "visualize")
+    if get_method(job.method).couples_batch and job.batch_size not in (None, 1):
+        raise VitalError(f"method {job.method} couples the samples of a batch (a batch statistic), so its targets run "
+                         f"one at a time; drop --batch-size {job.batch_size}")
     if manifest is not None and job.batch_size not in (None, manifest["batch_size"]):
         raise VitalError(f"{out} was planned with batch size {manifest['batch_size']}, not {job.batch_size}; resume "
                          "with the same --batch-size (or none) or use another --out")
-    with _pool(ray, retries, job) as pool:
+    with make_pool(ray, retries, job) as pool:
         if manifest is None:
-            if job.batch_size is not None:
+            if get_method(job.method).couples_batch:  # a batch statistic: each target alone, as it would run alone
+                size, rule = 1, {"rule": f"method {job.method} couples the samples of a batch"}
+            elif job.batch_size is not None:
                 size, rule = job.batch_size, {"rule": "given"}
             else:
                 size, rule = pool.suggest_batch_size(job, plan(job.targets, 2)[0])

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from vital.errors import VitalError, closest
-from vital.methods.base import RunOptions
+from vital.methods import option_names
 from vital.models.zoo import VisionModel, load_model
 from vital.references.spec import ReferenceSpec
 from vital.speed import SpeedOptions
-from vital.targets import Channel, Class, Target, parse_range
+from vital.targets import Channel, Class, Target, parse_names, parse_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,10 +104,11 @@ class Job:
             raise VitalError("the job has no targets; give --classes or --layer with --channels")
         if len(set(self.targets)) != len(self.targets):
             raise VitalError("the job lists a target twice; give each class or channel once")
-        bad = (set(self.options) - set(RunOptions.__dataclass_fields__)) | (set(self.options) & _RUN_FIELDS)
+        valid = set(option_names(self.method)) - _RUN_FIELDS  # the loop's options and the method's own
+        bad = set(self.options) - valid
         if bad:
-            raise VitalError(f"unknown option(s) {sorted(bad)} in [options]; valid: "
-                             f"{sorted(set(RunOptions.__dataclass_fields__) - _RUN_FIELDS)}")
+            raise VitalError(f"unknown option(s) {sorted(bad)} in [options] for method {self.method}; valid: "
+                             f"{sorted(valid)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise VitalError(f"batch_size must be at least 1, got {self.batch_size}")
 
@@ -180,7 +181,7 @@ def job_from_dict(d: Mapping[str, Any]) -> Job | MineJob:
     if "mine" in d:
         mine = dict(d["mine"])
         if "layers" in mine and isinstance(mine["layers"], str):
-            mine["layers"] = [v.strip() for v in mine["layers"].split(",") if v.strip()]
+            mine["layers"] = parse_names(mine["layers"])
         mine["layers"] = tuple(mine.get("layers", ()))
         return _section({**mine, "model": model, "device": d.get("device")}, MineJob, "mine")
     return Job(model=model, targets=_targets(d.get("targets", {})), method=d.get("method", "vital"),

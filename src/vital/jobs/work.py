@@ -1,5 +1,6 @@
-"""The worker side of a job, the same in-process and in a Ray task: rebuild the model once per process, build a
-batch's references, run the batch and hand back each target's files as bytes (the driver writes them).
+"""The worker side of a job, the same in-process and in a Ray actor: a `Worker` owns the models of one job (a
+`ModelCache`: built and sped up on first use, released with the worker when the job ends), builds a batch's
+references, runs the batch and hands back each target's files as bytes (the driver writes them).
 
 Batch size rule (`batch_size_for`): on CUDA, one probe step with one and with two targets measures the memory a
 run needs beyond the loaded model (base) and per extra target (slope); the batch is the largest B with
@@ -16,18 +17,17 @@ from pathlib import Path
 
 import torch
 
-from vital.jobs.spec import Job, ModelSpec
-from vital.models.zoo import VisionModel
+from vital.io import loss_curve
+from vital.jobs.spec import Job, MineJob, ModelSpec
+from vital.models.zoo import VisionModel, resolve_device
 from vital.references.images import ReferenceSet
-from vital.speed import SpeedOptions, accelerate, autocast
+from vital.speed import Acceleration, SpeedOptions, accelerate, autocast
 from vital.targets import Target
 from vital.visualize import Result, visualize
 
 CPU_BATCH = 4
 HEADROOM = 0.85
 MAX_BATCH = 64
-
-_MODELS: dict[tuple, tuple[VisionModel, dict]] = {}  # one model per worker process, reused by its tasks
 
 
 @dataclass
@@ -39,18 +39,31 @@ class TargetFiles:
     files: dict[str, bytes]
 
 
-def device_for(job_device: str | None) -> str:
-    return job_device or ("cuda" if torch.cuda.is_available() else "cpu")
+class ModelCache:
+    """The model of a job, built (and sped up, with its speed check) on first use and reused by every later batch
+    or shard; asking for another model releases the one held (its speed options undone). Owned by a `Worker`."""
 
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.model: VisionModel | None = None
+        self.acceleration: Acceleration | None = None
+        self.builds = 0
 
-def worker_model(spec: ModelSpec, device: str, speed: SpeedOptions) -> tuple[VisionModel, dict]:
-    """The model for this process, built (and sped up, with its speed check) on first use only."""
-    key = (spec, device, speed)
-    if key not in _MODELS:
-        _MODELS.clear()
-        model = spec.load(device)
-        _MODELS[key] = (model, accelerate(model, speed))
-    return _MODELS[key]
+    def get(self, spec: ModelSpec, device: str, speed: SpeedOptions) -> tuple[VisionModel, dict]:
+        """(model, speed report) for `spec` on `device` with `speed`."""
+        key = (spec, device, speed)
+        if key != self.key:
+            self.clear()
+            model = spec.load(device)
+            self.acceleration = accelerate(model, speed)
+            self.key, self.model = key, model
+            self.builds += 1
+        return self.model, self.acceleration.report
+
+    def clear(self) -> None:
+        if self.acceleration is not None:
+            self.acceleration.remove()
+        self.key = self.model = self.acceleration = None
 
 
 def references_for(job: Job, targets: Sequence[Target]) -> list[ReferenceSet | None]:
@@ -63,7 +76,7 @@ def _single(result: Result, i: int, batch: dict) -> Result:
     for key in ("targets", "references", "final_loss"):
         record[key] = [record[key][i]]
     history = result.history[:, i:i + 1]
-    record["loss_curve"] = history[:: max(1, len(history) // 100), 0].tolist()
+    record["loss_curve"] = loss_curve(history)
     record["batch"] = {**batch, "position": i}
     return Result(result.images[i:i + 1], result.grad_accumulator[i:i + 1], history, [result.targets[i]],
                   [result.labels[i]], [result.references[i]], record)
@@ -73,20 +86,61 @@ def _read_tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run_batch(job: Job, targets: Sequence[Target], batch_index: int = 0, progress: bool = False) -> list[TargetFiles]:
-    """Optimise `targets` together as one batch and return the files of each."""
-    model, speed_report = worker_model(job.model, device_for(job.device), job.speed)
-    refs = references_for(job, targets)
-    with autocast(model, job.speed):
-        result = visualize(model, list(targets), refs, method=job.method, steps=job.steps, setting=job.setting,
-                           seed=job.seed, progress=progress, **job.options)
-    batch = {"index": batch_index, "targets": [str(t) for t in targets], "speed": speed_report}
-    out = []
-    for i, t in enumerate(targets):
-        with tempfile.TemporaryDirectory(prefix="vital-target-") as tmp:
-            _single(result, i, batch).save(tmp, sheet=False)
-            out.append(TargetFiles(t.slug(), str(t), _read_tree(Path(tmp))))
-    return out
+class Worker:
+    """Runs a job's batches (and mining shards), in this process or as a Ray actor, with one `ModelCache` for the
+    length of the job. A context manager: leaving it releases the model."""
+
+    def __init__(self) -> None:
+        self.models = ModelCache()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.models.clear()
+
+    def model(self, spec: ModelSpec, device: str | None,
+              speed: SpeedOptions | None = None) -> tuple[VisionModel, dict]:
+        """(model, speed report): built on the first call of the job, then the same object."""
+        return self.models.get(spec, resolve_device(device), speed or SpeedOptions())
+
+    def run_batch(self, job: Job, targets: Sequence[Target], batch_index: int = 0,
+                  progress: bool = False) -> list[TargetFiles]:
+        """Optimise `targets` together as one batch and return the files of each."""
+        model, speed_report = self.model(job.model, job.device, job.speed)
+        refs = references_for(job, targets)
+        with autocast(model, job.speed):
+            result = visualize(model, list(targets), refs, method=job.method, steps=job.steps, setting=job.setting,
+                               seed=job.seed, progress=progress, **job.options)
+        batch = {"index": batch_index, "targets": [str(t) for t in targets], "speed": speed_report}
+        out = []
+        for i, t in enumerate(targets):
+            with tempfile.TemporaryDirectory(prefix="vital-target-") as tmp:
+                _single(result, i, batch).save(tmp, sheet=False)
+                out.append(TargetFiles(t.slug(), str(t), _read_tree(Path(tmp))))
+        return out
+
+    def suggest_batch_size(self, job: Job, probe_targets: Sequence[Target]) -> tuple[int, dict]:
+        """(batch size, how it was chosen) for this job on this process's device; see the module docstring."""
+        device = torch.device(resolve_device(job.device))
+        if device.type != "cuda":
+            return CPU_BATCH, {"rule": f"fixed {CPU_BATCH} on {device.type}"}
+        model, _ = self.model(job.model, str(device), job.speed)
+        return _probe_batch_size(job, model, device, probe_targets)
+
+    def mine_shard(self, job: MineJob, root: str, files: list[str], folder: str) -> int:
+        """Mine one shard (resuming its own checkpoint if there is one); returns its number of images."""
+        from vital.references.mining import mine
+        from vital.references.mining_merge import link_shard
+
+        model, _ = self.model(job.model, job.device)
+        images = link_shard(root, files, Path(folder) / "images")
+        mine(model, list(job.layers), images, k=job.k, n_images=job.n_images, out=Path(folder) / "store",
+             batch_size=job.batch_size, progress=False)
+        return len(files)
 
 
 def batch_size_for(free_bytes: int, base_bytes: int, per_target_bytes: int, headroom: float = HEADROOM,
@@ -96,12 +150,9 @@ def batch_size_for(free_bytes: int, base_bytes: int, per_target_bytes: int, head
     return max(1, min(cap, int(room // max(1, per_target_bytes))))
 
 
-def suggest_batch_size(job: Job, probe_targets: Sequence[Target]) -> tuple[int, dict]:
-    """(batch size, how it was chosen) for this job on this process's device; see the module docstring."""
-    device = torch.device(device_for(job.device))
-    if device.type != "cuda":
-        return CPU_BATCH, {"rule": f"fixed {CPU_BATCH} on {device.type}"}
-    model, _ = worker_model(job.model, str(device), job.speed)
+def _probe_batch_size(job: Job, model: VisionModel, device: torch.device,
+                      probe_targets: Sequence[Target]) -> tuple[int, dict]:
+    """The CUDA rule: one probe step with one and with two targets gives the memory base and slope."""
     refs = references_for(job, probe_targets[:2])
     free = torch.cuda.mem_get_info(device)[0]
     peaks = []

@@ -1,77 +1,170 @@
-"""What a method recipe receives (the user's options) and returns (what the loop needs)."""
+"""What a method recipe receives (the loop options and its own typed options) and returns (what the loop needs).
+
+A method is registered with its options dataclass: `visualize(..., **options)` splits the keyword options into the
+loop's (`RunOptions`, shared by every method) and the method's own, and an option that neither knows is an error
+that lists the valid ones. None always means "the method's or the preset's default".
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
 from vital.errors import VitalError, closest
 from vital.models.zoo import VisionModel
-from vital.optimize import Augment, LoopSettings, Objective
+from vital.objectives.base import Term
+from vital.objectives.priors import Priors
+from vital.optimize import LoopSettings, setting
 from vital.params.base import Parameterization
 from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
 from vital.targets import Target
+from vital.transforms import Augment
 
 
 @dataclass
 class RunOptions:
-    """Every user-settable hyperparameter of a run; None means "the method's / preset's default"."""
+    """The loop's options, shared by every method; None means "the method's default"."""
 
     steps: int | None = None
     setting: int = 1
     seed: int = 0
-    layers: Sequence[str] | None = None
-    layer_weights: Sequence[float] | None = None
     tv_l2: float | None = None
     tv_l1: float | None = None
     l2: float | None = None
-    feat_dist: float = 1.0
     jitter: int | None = None
     flip: bool | None = None
     lr: float | None = None
     warmup: int | None = None
-    relevance: str = "lrp"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class Recipe:
+    """A method's parts for one batch: the loop runs `objective` on `param`'s images. Enter it (`with recipe:`) for
+    the objective to attach to the model; leaving restores the model exactly."""
+
     param: Parameterization
-    objective: Objective
+    objective: Term
     settings: LoopSettings
     augment: Augment | None = None
     record: dict = field(default_factory=dict)  # method-specific facts for the run record
 
+    def __enter__(self) -> Recipe:
+        self.objective.__enter__()
+        return self
 
-def seed_generator(opts: RunOptions) -> torch.Generator:
-    """The CPU generator every parameterization draws its initial image from: a seed gives the same image anywhere."""
-    return torch.Generator().manual_seed(opts.seed)
-
-
-def pixel_param(model: VisionModel, batch: int, opts: RunOptions, clip: bool) -> PixelParam:
-    """Raw pixels at the model's input size, seeded, clamped to valid pixels when `clip`."""
-    lo, hi = model.pixel_bounds()
-    return PixelParam(batch, model.size, lo, hi, generator=seed_generator(opts), clip=clip)
+    def __exit__(self, *exc) -> None:
+        self.objective.__exit__(*exc)
 
 
-Builder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions], Recipe]
-METHODS: dict[str, Builder] = {}
+Builder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions, Any], Recipe]
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
+@dataclass(frozen=True)
+class Method:
+    """A registered recipe. `couples_batch`: its loss mixes the samples of a batch (a batch statistic), so each
+    target must run alone to get the image it would get alone."""
+
+    name: str
+    build: Builder
+    options: type
+    couples_batch: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+@dataclass
+class NoOptions:
+    """A method without options of its own."""
+
+
+def register(name: str, options: type = NoOptions, couples_batch: bool = False) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
-        METHODS[name] = fn
+        METHODS[name] = Method(name, fn, options, couples_batch)
         return fn
 
     return deco
 
 
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise VitalError(f"unknown method '{name}'.{closest(name, METHODS)} Methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def option_names(method: str) -> list[str]:
+    """Every option `visualize(..., method=method)` accepts besides model, targets and references."""
+    return sorted([f.name for f in fields(RunOptions)] + [f.name for f in fields(get_method(method).options)])
+
+
+def split_options(method: str, options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(RunOptions keyword arguments, the method's options object). None values count as not given; an option the
+    method does not know is an error that lists the ones it knows."""
+    spec = get_method(method)
+    run_names = {f.name for f in fields(RunOptions)}
+    own_names = {f.name for f in fields(spec.options)}
+    unknown = sorted(k for k, v in options.items() if k not in run_names | own_names and v is not None)
+    if unknown:
+        raise VitalError(f"method '{method}' has no option(s) {unknown}; valid: {', '.join(option_names(method))}")
+    run = {k: v for k, v in options.items() if k in run_names}
+    own = spec.options(**{k: v for k, v in options.items() if k in own_names and v is not None})
+    return run, own
+
+
 def build_recipe(method: str, model: VisionModel, targets: Sequence[Target],
-                 references: Sequence[ReferenceSet | None], opts: RunOptions) -> Recipe:
-    if method not in METHODS:
-        raise VitalError(f"unknown method '{method}'.{closest(method, METHODS)} Methods: {', '.join(sorted(METHODS))}")
-    return METHODS[method](model, targets, references, opts)
+                 references: Sequence[ReferenceSet | None], run: RunOptions, options: Any = None) -> Recipe:
+    spec = get_method(method)
+    return spec.build(model, targets, references, run, options if options is not None else spec.options())
+
+
+# ---- shared by the recipes ---------------------------------------------------------------------------------------
+
+LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # SPEC section 8
+PRIOR_NAMES = ("tv_l2", "tv_l1", "l2")
+
+
+def loop_settings(run: RunOptions, defaults: dict | None = None) -> tuple[LoopSettings, bool, Priors]:
+    """The loop and the priors of a run: the user's options, else the method's `defaults`, else the paper's loop
+    defaults (no priors). Returns (settings, clip, priors)."""
+    merged: dict[str, Any] = {**LOOP_DEFAULTS, "tv_l2": 0.0, "tv_l1": 0.0, "l2": 0.0, **(defaults or {})}
+
+    def pick(name: str):
+        v = getattr(run, name)
+        return merged[name] if v is None else v
+
+    st = setting(run.setting, run.steps)
+    ls = LoopSettings(stages=st["stages"], lr=float(pick("lr")), betas=st["betas"], warmup=int(pick("warmup")),
+                      jitter=int(pick("jitter")), flip=bool(pick("flip")), seed=run.seed, progress=run.progress)
+    return ls, st["clip"], Priors(*(float(pick(n)) for n in PRIOR_NAMES))
+
+
+def check_input_size(model: VisionModel, settings: LoopSettings) -> None:
+    """Fail early, with the fix, when the model cannot take a stage's input size (e.g. a ViT at 112 px)."""
+    for stage in settings.stages:
+        size = model.size // stage.downsample
+        if stage.downsample == 1:
+            continue
+        try:
+            with torch.no_grad():
+                model.module(torch.zeros(1, 3, size, size, device=model.device, dtype=model.dtype))
+        except Exception as e:
+            raise VitalError(f"{model.name} cannot take {size}px input, which setting 0 needs for its first stage "
+                             f"({type(e).__name__}); use --setting 1") from e
+
+
+def seed_generator(run: RunOptions) -> torch.Generator:
+    """The CPU generator every parameterization draws its initial image from: a seed gives the same image anywhere."""
+    return torch.Generator().manual_seed(run.seed)
+
+
+def pixel_param(model: VisionModel, batch: int, run: RunOptions, clip: bool, std: float = 1.0) -> PixelParam:
+    """Raw pixels at the model's input size, N(0, std^2) in input space, seeded, clamped to valid pixels when
+    `clip`."""
+    lo, hi = model.pixel_bounds()
+    init = None if std == 1.0 else std * torch.randn(batch, 3, model.size, model.size, generator=seed_generator(run))
+    return PixelParam(batch, model.size, lo, hi, generator=seed_generator(run), clip=clip, init=init)

@@ -1,81 +1,86 @@
-"""VITAL: sort-matching of intermediate feature distributions against real references, pixel parameterization."""
+"""VITAL: align the image's intermediate feature distributions with real references (`objectives.Alignment`).
+
+Classes: plain sort-matching of the preset's layers against the class's reference images, raw pixels (the paper).
+Channels: the preset's layers upstream of the target, weighted by the target's relevance, plus the target channel's
+own distribution; the defaults for channels are the measured ones of bench/quality_neuron.py (see NEURON_DEFAULTS),
+and `relevance="lrp", mask="multiply", target_weight=0, param="pixel"` is the authors' code.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from vital.errors import VitalError
-from vital.features import FeatureExtractor
-from vital.methods.base import Recipe, RunOptions, pixel_param, register
+from vital.features import layer_table, resolve_modules, upstream_of
+from vital.methods.base import (
+    Recipe,
+    RunOptions,
+    check_input_size,
+    loop_settings,
+    pixel_param,
+    register,
+    seed_generator,
+)
 from vital.models.presets import preset_for
 from vital.models.zoo import VisionModel
-from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_loss
-from vital.optimize import LoopSettings, setting
+from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
+from vital.params.base import Parameterization
+from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
-from vital.targets import Class, Direction, Target
+from vital.targets import Channel, Class, Direction, Target
+
+PARAMS = ("pixel", "fourier")
 
 
-class ReferencePixels:
-    """Each distinct reference set loaded once with the model's preprocessing, kept on the model's device."""
+@dataclass
+class VitalOptions:
+    """VITAL's own options; None means the default for the kind of target (class or channel).
 
-    def __init__(self, model: VisionModel, sets: Sequence[ReferenceSet]):
-        self.model = model
-        self.sets = list(sets)
-        self.index = [next(i for i, t in enumerate(self.sets) if t is s) for s in self.sets]
-        self._cache: dict[int, torch.Tensor] = {}
+    layers / layer_weights: matched layers and their weights (default: the preset's). feat_dist: a factor on every
+    layer weight. Channels only: relevance (lrp, lrp-restricted, guided-backprop, none), mask (reference,
+    multiply), target_weight (the target channel's own distribution), unweighted (a share of plain alignment beside
+    the relevance-weighted one) and param (pixel, fourier)."""
 
-    def unique(self) -> list[int]:
-        return sorted(set(self.index))
+    layers: Sequence[str] | None = None
+    layer_weights: Sequence[float] | None = None
+    feat_dist: float = 1.0
+    relevance: str | None = None
+    mask: str | None = None
+    target_weight: float | None = None
+    unweighted: float | None = None
+    param: str | None = None
 
-    def pixels(self, i: int) -> torch.Tensor:
-        if i not in self._cache:
-            t = self.sets[i].load(self.model.transform())
-            self._cache[i] = t.to(self.model.device, self.model.dtype)
-        return self._cache[i]
-
-
-class SortMatchingObjective:
-    """sum_l w_l * sort-matching(features_l(x_b), prototype_l of sample b's references), per sample b."""
-
-    def __init__(self, model: VisionModel, layers: Sequence[str], weights: Sequence[float],
-                 references: Sequence[ReferenceSet], feat_dist: float = 1.0, chunk: int = 16):
-        if len(weights) != len(layers):
-            raise VitalError(f"{len(layers)} layers but {len(weights)} layer weights; give one weight per layer")
-        self.model = model
-        self.layers = list(layers)
-        self.weights = [float(w) * feat_dist for w in weights]
-        self.refs = ReferencePixels(model, references)
-        self.extractor = FeatureExtractor(model.module, self.layers)
-        self.chunk = chunk
-        self.q: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def prepare(self, downsample: int) -> None:
-        protos: dict[int, dict[str, torch.Tensor]] = {}
-        for i in self.refs.unique():
-            accs = {name: PrototypeAccumulator() for name in self.layers}
-            pixels = self.refs.pixels(i)
-            for start in range(0, pixels.shape[0], self.chunk):
-                x = pixels[start:start + self.chunk]
-                if downsample > 1:
-                    x = F.avg_pool2d(x, downsample)  # exactly what the network sees of the synthetic image
-                for name, f in self.extractor(x).items():
-                    accs[name].add(f)
-            protos[i] = {name: a.prototype() for name, a in accs.items()}
-        self.q = {name: torch.stack([protos[i][name] for i in self.refs.index]) for name in self.layers}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.extractor(x)
-        return sum(w * sort_matching_loss(feats[n], self.q[n]) for n, w in zip(self.layers, self.weights, strict=True))
-
-    def state(self) -> dict:
-        return {"name": "sort_matching", "layers": self.layers, "layer_weights": self.weights}
+    def __post_init__(self) -> None:
+        _check_choice("relevance", self.relevance, RELEVANCE_METHODS)
+        _check_choice("mask", self.mask, MASK_RULES)
+        _check_choice("param", self.param, PARAMS)
+        for name in ("target_weight", "unweighted"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise VitalError(f"{name} must be a number >= 0, got {v}")
 
 
-def resolve_layers(model: VisionModel, opts: RunOptions) -> tuple[list[str], list[float], dict]:
+def _check_choice(name: str, value: str | None, choices: Sequence[str]) -> None:
+    if value is not None and value not in choices:
+        raise VitalError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
+
+
+# Channel defaults, chosen by bench/quality_neuron.py (bench/RESULTS.md): relevance-weighted reference
+# distributions, as much plain alignment beside them, and Lucid's decorrelated Fourier image, whose smooth start
+# leaves no untouched pixel noise where the relevance is low. Matching the target channel's own distribution
+# (target_weight) raises its activation a little but costs naturalness (KID) and retrieval: off by default.
+NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
+                   "param": "fourier"}
+FAITHFUL = {"relevance": "lrp", "mask": "multiply", "target_weight": 0.0, "unweighted": 0.0, "param": "pixel"}
+NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # SPEC section 8, inner defaults
+FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
+STEM_WEIGHT = 0.1  # SPEC: the stem is down-weighted for neurons (w0 = 0.1)
+
+
+def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:
     """Matched layers and weights: the user's, else the preset's; plus the preset's priors."""
     preset = preset_for(model.name, model.module, model.size)
     layers = list(opts.layers) if opts.layers else list(preset.layers or ())
@@ -87,58 +92,86 @@ def resolve_layers(model: VisionModel, opts: RunOptions) -> tuple[list[str], lis
         weights = [1.0] * len(layers)
     else:
         weights = list(preset.layer_weights or [1.0] * len(layers))
+    if len(weights) != len(layers):
+        raise VitalError(f"{len(layers)} layers but {len(weights)} layer weights; give one weight per layer")
     priors = {"tv_l2": preset.tv_l2, "l2": preset.l2, "tv_l1": preset.tv_l1}
     return layers, weights, priors
 
 
-LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # SPEC section 8
-
-
-def loop_settings(opts: RunOptions, priors: dict, defaults: dict | None = None) -> tuple[LoopSettings, bool]:
-    """The loop for a run: the user's options, else the method's `defaults`, else the preset's `priors`, else the
-    paper's loop defaults. Returns (settings, clip)."""
-    merged = {**LOOP_DEFAULTS, "tv_l2": 0.0, "tv_l1": 0.0, "l2": 0.0, **priors, **(defaults or {})}
-
-    def pick(name: str):
-        v = getattr(opts, name)
-        return merged[name] if v is None else v
-
-    st = setting(opts.setting, opts.steps)
-    ls = LoopSettings(stages=st["stages"], lr=float(pick("lr")), betas=st["betas"], warmup=int(pick("warmup")),
-                      jitter=int(pick("jitter")), flip=bool(pick("flip")), tv_l2=float(pick("tv_l2")),
-                      tv_l1=float(pick("tv_l1")), l2=float(pick("l2")), seed=opts.seed, progress=opts.progress)
-    return ls, st["clip"]
-
-
-def check_input_size(model: VisionModel, settings: LoopSettings) -> None:
-    """Fail early, with the fix, when the model cannot take a stage's input size (e.g. a ViT at 112 px)."""
-    for stage in settings.stages:
-        size = model.size // stage.downsample
-        if stage.downsample == 1:
-            continue
-        try:
-            with torch.no_grad():
-                model.module(torch.zeros(1, 3, size, size, device=model.device, dtype=model.dtype))
-        except Exception as e:
-            raise VitalError(f"{model.name} cannot take {size}px input, which setting 0 needs for its first stage "
-                             f"({type(e).__name__}); use --setting 1") from e
-
-
-@register("vital")
+@register("vital", VitalOptions)
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
-          opts: RunOptions) -> Recipe:
+          run: RunOptions, opts: VitalOptions) -> Recipe:
     if any(isinstance(t, Direction) for t in targets):
         raise VitalError("VITAL aligns distributions for classes and channels; visualise a direction with method "
                          "pixel, fourier or maco")
+    if all(isinstance(t, Channel) for t in targets):
+        return _build_channels(model, targets, references, run, opts)  # type: ignore[arg-type]
     if not all(isinstance(t, Class) for t in targets):
-        from vital.methods.vital_neuron import build_neuron
-
-        return build_neuron(model, targets, references, opts)
+        raise VitalError("a VITAL batch holds either classes or channels; run them separately")
     if any(r is None for r in references):
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
+    neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "param")}
+    if opts.relevance not in (None, "none") or any(v is not None for v in neuron_only.values()):
+        given = {k: v for k, v in {"relevance": opts.relevance, **neuron_only}.items() if v is not None}
+        raise VitalError(f"options {sorted(given)} apply to channel targets; a class is aligned with its "
+                         "references as a whole")
     layers, weights, priors = resolve_layers(model, opts)
-    settings, clip = loop_settings(opts, priors)
+    settings, clip, prior_term = loop_settings(run, priors)
     check_input_size(model, settings)
-    objective = SortMatchingObjective(model, layers, weights, references, opts.feat_dist)
-    return Recipe(pixel_param(model, len(targets), opts, clip), objective, settings)
+    objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], references)  # type: ignore[arg-type]
+    return Recipe(pixel_param(model, len(targets), run, clip), prior_term + objective, settings)
+
+
+def _check_channels(model: VisionModel, targets: Sequence[Channel],
+                    rows: list[tuple[str, str, tuple[int, ...]]]) -> str:
+    layers_of = {t.layer for t in targets}
+    if len(layers_of) != 1:
+        raise VitalError(f"a neuron batch must target one layer, got {sorted(layers_of)}; run each layer separately")
+    target_layer = targets[0].layer
+    shapes = {n: s for n, _, s in rows}
+    if target_layer not in shapes or len(shapes[target_layer]) < 2:
+        raise VitalError(f"layer '{target_layer}' has no channels to visualise; pick a layer with a (B, C, ...) output")
+    n_channels = shapes[target_layer][1]
+    bad = [t.channel for t in targets if not 0 <= t.channel < n_channels]
+    if bad:
+        raise VitalError(f"channel {bad[0]} is out of range: layer '{target_layer}' has {n_channels} channels "
+                         f"(0-{n_channels - 1})")
+    return target_layer
+
+
+def _build_channels(model: VisionModel, targets: Sequence[Channel], references: Sequence[ReferenceSet | None],
+                    run: RunOptions, opts: VitalOptions) -> Recipe:
+    if any(r is None for r in references):
+        raise VitalError("VITAL needs reference images for every neuron: mine them (vital mine) and pass the store "
+                         "with --refs, or a folder of its top images")
+    resolve_modules(model.module, [targets[0].layer])
+    rows = layer_table(model.module, torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype))
+    target_layer = _check_channels(model, targets, rows)
+    chosen = {k: getattr(opts, k) if getattr(opts, k) is not None else v for k, v in NEURON_DEFAULTS.items()}
+    candidates, weights, priors = resolve_layers(model, opts)
+    upstream = upstream_of(model.module, target_layer, candidates, rows=rows)
+    if not upstream:
+        raise VitalError(f"target layer '{target_layer}' is upstream of every matched layer ({', '.join(candidates)});"
+                         " pick a deeper target or pass --layers with layers before it")
+    if opts.layer_weights:
+        w = [weights[candidates.index(n)] for n in upstream]
+    else:
+        w = [STEM_WEIGHT if i == 0 and len(upstream) > 1 else weights[candidates.index(n)]
+             for i, n in enumerate(upstream)]
+    fourier = chosen["param"] == "fourier"
+    settings, clip, prior_term = loop_settings(run, {**priors, **NEURON_PRIORS, **({"lr": FOURIER_LR} if fourier
+                                                                                     else {})})
+    check_input_size(model, settings)
+    objective = Alignment(model, upstream, [float(v) * opts.feat_dist for v in w], references,  # type: ignore[arg-type]
+                          channels=[t.channel for t in targets], target_layer=target_layer,
+                          relevance=chosen["relevance"], mask=chosen["mask"], target_weight=chosen["target_weight"],
+                          unweighted=chosen["unweighted"], chunk=8)
+    param: Parameterization
+    if fourier:
+        lo, hi = model.pixel_bounds()
+        param = FourierParam(len(targets), model.size, lo, hi, generator=seed_generator(run))
+    else:
+        param = pixel_param(model, len(targets), run, clip)
+    return Recipe(param, prior_term + objective, settings,
+                  record={"target_layer": target_layer, "matched_layers": upstream, **chosen})

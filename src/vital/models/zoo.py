@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.offline import hf_offline
 
 LITE = {
     # name: (package with the weights file, accessor class, input size)
@@ -29,6 +30,13 @@ LITE = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT = "default"
+
+
+def resolve_device(device: str | torch.device | None = None) -> str:
+    """The device asked for, else cuda when available, else cpu."""
+    if device:
+        return str(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -226,20 +234,14 @@ def _load_timm(name: str, weights: str | None) -> VisionModel:
     file_kw: dict[str, Any] = {}
     if weights not in (None, DEFAULT):
         file_kw = {"pretrained_cfg_overlay": {"file": str(weights)}}
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # never download at run time
     try:
-        module = timm.create_model(name, pretrained=pretrained, **file_kw)
+        with hf_offline():  # never download at run time
+            module = timm.create_model(name, pretrained=pretrained, **file_kw)
     except Exception as e:
         raise VitalError(
             f"pretrained weights for timm model {name} are not on disk ({type(e).__name__}). Put them in the "
             "Hugging Face cache (~/.cache/huggingface/hub), pass --weights FILE, or --weights none for a random network."
         ) from e
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     cfg = timm.data.resolve_model_data_config(module)
     size = int(cfg["input_size"][-1])
     cats = imagenet_categories() if getattr(module, "num_classes", 0) == 1000 else None

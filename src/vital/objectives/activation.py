@@ -1,11 +1,19 @@
-"""Activation-maximisation objectives of the baselines (MACO, Fourier, DeepInversion), one loss per sample so that a
-batch can hold several targets. Losses are negated activations: lower is better, as every objective of the loop."""
+"""Activation-maximisation objectives of the baselines (MACO, Fourier, pixel, DeepInversion), one loss per sample so
+that a batch can hold several targets. Losses are negated activations: lower is better, as every objective of the
+loop."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 
 from vital.errors import VitalError
+from vital.features import FeatureExtractor
+from vital.models.zoo import VisionModel
+from vital.objectives.base import Term, Views
+from vital.targets import Channel, Class, Direction, Target
 
 REDUCTIONS = ("mean", "sum", "max")
 
@@ -62,3 +70,68 @@ def direction(act: torch.Tensor, vectors: torch.Tensor, reduce: str = "mean") ->
                          f"{tuple(act.shape)}, got {tuple(vectors.shape)}")
     dots = torch.einsum("bcp,bc->bp", act.reshape(batch, chans, -1), v)
     return -_reduce(dots, reduce)
+
+
+class Activation(Term):
+    """Per image: the negative class logit (or the cross-entropy of the class), the negative mean activation of a
+    channel, or the negative mean projection on a direction. Several augmented views of an image are averaged."""
+
+    name = "activation"
+
+    def __init__(self, model: VisionModel, targets: Sequence[Target], cross_entropy: bool = False):
+        self.model, self.targets, self.cross_entropy = model, list(targets), cross_entropy
+        dev = model.device
+        self._rows: dict[tuple[int, torch.device], dict[str, torch.Tensor]] = {}
+        if all(isinstance(t, Class) for t in self.targets):
+            self.kind = "class"
+            self.index = torch.tensor([t.index for t in self.targets], device=dev)  # type: ignore[union-attr]
+        elif all(isinstance(t, Channel) for t in self.targets):
+            self.kind = "channel"
+            self.layers = sorted({t.layer for t in self.targets})  # type: ignore[union-attr]
+            self.extractor = FeatureExtractor(model.module, self.layers)
+            self.index = torch.tensor([t.channel for t in self.targets], device=dev)  # type: ignore[union-attr]
+        elif all(isinstance(t, Direction) for t in self.targets) and len({t.layer for t in self.targets}) == 1:
+            self.kind = "direction"
+            self.layers = [self.targets[0].layer]  # type: ignore[union-attr]
+            self.extractor = FeatureExtractor(model.module, self.layers)
+            self.vectors = torch.tensor([t.vector for t in self.targets], device=dev, dtype=model.dtype)  # type: ignore[union-attr]
+            self.index = torch.arange(len(self.targets), device=dev)  # row of `vectors` for each view
+        else:
+            raise VitalError("a batch must hold only Class, only Channel, or only Direction targets of one layer; "
+                             "run them separately")
+        if cross_entropy and self.kind != "class":
+            raise VitalError("the cross-entropy objective needs class targets")
+
+    def _per_view(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.kind == "class":
+            logits = self.model(x)
+            if self.cross_entropy:
+                return F.cross_entropy(logits, index, reduction="none")
+            return class_logit(logits, index)
+        feats = self.extractor(x)
+        if self.kind == "direction":
+            act = feats[self.layers[0]]
+            if act.shape[1] != self.vectors.shape[1]:
+                raise VitalError(f"direction has {self.vectors.shape[1]} components but layer '{self.layers[0]}' has "
+                                 f"{act.shape[1]} channels")
+            return direction(act, self.vectors[index])
+        losses = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        for layer, rows in self.rows(x.shape[0] // len(self.targets), x.device).items():
+            losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
+        return losses
+
+    def rows(self, views: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """For each layer, the rows of a (targets x views) batch whose target is in that layer (kept per view count
+        for the life of this term)."""
+        key = (views, device)
+        if key not in self._rows:
+            rows = {layer: [i * views + v for i, t in enumerate(self.targets) if t.layer == layer  # type: ignore[union-attr]
+                            for v in range(views)] for layer in self.layers}
+            self._rows[key] = {layer: torch.tensor(r, device=device) for layer, r in rows.items() if r}
+        return self._rows[key]
+
+    def __call__(self, v: Views) -> torch.Tensor:
+        return v.per_image(self._per_view(v.views, self.index.repeat_interleave(v.n_views)))
+
+    def state(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "cross_entropy": self.cross_entropy}

@@ -19,16 +19,22 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError
+from vital.objectives.base import Term, Views
 
 DEFAULT_FIRST_MULTIPLIER = 10.0
 
 
-class BatchNormStats:
+class BatchNormStats(Term):
     """Hooks on every BatchNorm2d of `model` that record the statistics of its input in each forward; `loss()` reads
-    them after the forward. Use as a context manager, or call `remove()` when done."""
+    them after the forward. The hooks exist only inside `with` (or between `attach()` and `detach()`).
+
+    As a term, each image of a batch of B gets weight * loss / B: the batch's losses sum to weight * loss, one
+    number for the batch (see the module's note: the statistic couples the samples)."""
+
+    name = "batchnorm_stats"
 
     def __init__(self, model: nn.Module, *, first_multiplier: float = DEFAULT_FIRST_MULTIPLIER,
-                 name: str | None = None):
+                 name: str | None = None, weight: float = 1.0):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         label = name or type(model).__name__
         if not self.layers:
@@ -37,9 +43,14 @@ class BatchNormStats:
         if any(m.running_mean is None or m.running_var is None for m in self.layers):
             raise VitalError(f"deepinversion needs BatchNorm running statistics; {label} has BatchNorm2d layers with "
                              "track_running_stats=False; use method vital, maco or fourier")
-        self.first_multiplier = first_multiplier
+        self.model, self.first_multiplier, self.weight = model, first_multiplier, float(weight)
         self._stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._handles = [model.register_forward_pre_hook(self._clear)]
+        self._handles: list = []
+
+    def attach(self) -> None:
+        if self._handles:
+            return
+        self._handles = [self.model.register_forward_pre_hook(self._clear)]
         self._handles += [m.register_forward_pre_hook(self._recorder(i)) for i, m in enumerate(self.layers)]
 
     def _clear(self, module: nn.Module, args: tuple) -> None:
@@ -54,6 +65,8 @@ class BatchNormStats:
 
     def loss(self) -> torch.Tensor:
         """The statistics loss of the last forward (a scalar, differentiable with respect to the input)."""
+        if not self._handles:
+            raise VitalError("the BatchNorm hooks are not attached: use the term inside `with` (or call attach())")
         if not self._stats:
             raise VitalError("no BatchNorm layer ran since the hooks were installed; run a forward of the model "
                              "before calling loss()")
@@ -70,18 +83,16 @@ class BatchNormStats:
             total = term if total is None else total + term
         return total
 
+    def __call__(self, v: Views) -> torch.Tensor:
+        return (self.weight * self.loss() / v.batch).expand(v.batch)
+
     def state(self) -> dict:
         """Hyperparameters for the run record."""
-        return {"name": "batchnorm_stats", "layers": len(self.layers), "first_multiplier": self.first_multiplier}
+        return {"name": self.name, "layers": len(self.layers), "first_multiplier": self.first_multiplier,
+                "weight": self.weight}
 
-    def remove(self) -> None:
+    def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
         self._stats.clear()
-
-    def __enter__(self) -> BatchNormStats:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()

@@ -51,15 +51,33 @@ def quantile_prototype(ref: torch.Tensor) -> torch.Tensor:
     return sort_last(ref).mean(dim=0)
 
 
+def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Quantile function of the weighted empirical distribution of each row, at the `n` levels (k + 1/2) / n.
+
+    values, weights: (..., P) with weights >= 0; returns (..., n), ascending (n defaults to P). The value at level u
+    is the smallest value whose cumulative weight reaches u of the row's total weight; a row whose weights are all
+    zero counts every value equally. With equal weights this is exactly `sort_last(values)`."""
+    n = values.shape[-1] if n is None else n
+    order = values.argsort(dim=-1)
+    v = values.gather(-1, order)
+    w = weights.to(values.dtype).gather(-1, order)
+    w = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))
+    cum = w.cumsum(-1)
+    levels = (torch.arange(n, device=values.device, dtype=values.dtype) + 0.5) / n * cum[..., -1:]
+    index = torch.searchsorted(cum.contiguous(), levels.contiguous()).clamp(max=values.shape[-1] - 1)
+    return v.gather(-1, index)
+
+
 class PrototypeAccumulator:
-    """Running sum of sorted reference features, so references can be encoded in chunks (memory ~ one chunk)."""
+    """Running sum of sorted reference features, so references can be encoded in chunks (memory ~ one chunk).
+    With `weights`, each reference's values enter by their weighted quantiles (`weighted_quantiles`)."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, ref: torch.Tensor) -> None:
-        s = sort_last(ref).sum(dim=0)
+    def add(self, ref: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        s = (sort_last(ref) if weights is None else weighted_quantiles(ref, weights)).sum(dim=0)
         self.total = s if self.total is None else self.total + s
         self.count += ref.shape[0]
 

@@ -2,8 +2,8 @@
 
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
-from vital.params.maco import MacoParam, load_magnitude, maco_augment, maco_magnitude_from_images
+from vital.params.maco import MacoParam, load_magnitude, maco_magnitude_from_images
 from vital.params.pixel import PixelParam
 
-__all__ = ["FourierParam", "MacoParam", "Parameterization", "PixelParam", "load_magnitude", "maco_augment",
+__all__ = ["FourierParam", "MacoParam", "Parameterization", "PixelParam", "load_magnitude",
            "maco_magnitude_from_images"]

@@ -19,7 +19,7 @@ The magnitude comes from real images (`maco_magnitude_from_images`, the mean |rf
 channel) or from a file saved with `torch.save` (`load_magnitude`); it is never downloaded.
 
 MACO's other two parts live outside the parameterization:
-  * augmentation (`maco_augment`): each step the loop shows the network `n_crops` random square crops of every image,
+  * augmentation (`vital.transforms.crops_with_noise`): each step the loop shows the network `n_crops` random square crops of every image,
     resized to the model's input size, plus Gaussian noise. Published defaults: crops of 0.20-0.25 of the canvas side
     on a large canvas (1280 px in the authors' PyTorch release, 512 px in Xplique), 6 (PyTorch) or 32 (Xplique) crops
     per step, noise std 0.05-0.08 in the model's value range.
@@ -29,7 +29,6 @@ MACO's other two parts live outside the parameterization:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -161,46 +160,3 @@ class MacoParam(Parameterization):
     def state(self) -> dict:
         digest = hashlib.sha256(self.magnitude.detach().cpu().to(torch.float64).numpy().tobytes()).hexdigest()
         return {"name": "maco", "magnitude_sha256": digest[:16], "squash": "standardize+recorrelate+sigmoid"}
-
-
-def maco_crop_boxes(n: int, generator: torch.Generator,
-                    crop_scale: Sequence[float] = (0.20, 0.25)) -> torch.Tensor:
-    """`n` random square crops inside the image, as rows (side, cx, cy): `side` is the fraction of the image side,
-    uniform in `crop_scale`; the centre (cx, cy) is uniform in normalised coordinates [-1, 1] (the image's outer
-    pixel edges, as `F.grid_sample` with align_corners=False) so that the crop stays inside the image."""
-    lo, hi = crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise VitalError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
-    side = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    centre = (torch.rand(n, 2, generator=generator, dtype=torch.float64) * 2 - 1) * (1 - side[:, None])
-    return torch.cat([side[:, None], centre], dim=1)
-
-
-def crop_resize(x: torch.Tensor, boxes: torch.Tensor, out_size: int) -> torch.Tensor:
-    """Crop image `i // (len(boxes) // B)` of `x` (B, C, H, W) at each box and resize it bilinearly to `out_size`:
-    (len(boxes), C, out_size, out_size), differentiable with respect to `x`. Boxes come in sample-major order."""
-    n = boxes.shape[0]
-    if n % x.shape[0]:
-        raise VitalError(f"{n} crop boxes do not divide evenly among {x.shape[0]} images")
-    side, cx, cy = boxes.to(device=x.device, dtype=x.dtype).unbind(1)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, cx, cy
-    grid = F.affine_grid(theta, [n, x.shape[1], out_size, out_size], align_corners=False)
-    src = x.repeat_interleave(n // x.shape[0], dim=0)
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def maco_augment(x: torch.Tensor, generator: torch.Generator, n_crops: int, out_size: int, *,
-                 crop_scale: Sequence[float] = (0.20, 0.25), noise: float | torch.Tensor = 0.05) -> torch.Tensor:
-    """MACO's per-step augmentation of `x` (B, 3, H, W): `n_crops` random crops per image (sample-major: rows
-    b * n_crops ... (b+1) * n_crops - 1 come from image b), resized to `out_size`, plus N(0, noise^2) noise in
-    the units of `x` (pass `s * (hi - lo)` for a std of s in [0, 1] pixels). Returns (B * n_crops, 3, out_size,
-    out_size); the objective averages its per-crop loss back to (B,) with `.view(B, n_crops).mean(1)`."""
-    if n_crops < 1:
-        raise VitalError(f"n_crops must be at least 1, got {n_crops}")
-    boxes = maco_crop_boxes(x.shape[0] * n_crops, generator, crop_scale)
-    crops = crop_resize(x, boxes, out_size)
-    # the noise is drawn where x lives (no large host-to-device copy each step), seeded from the CPU generator
-    local = torch.Generator(device=x.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
-    eps = torch.randn(crops.shape, generator=local, device=x.device, dtype=x.dtype)
-    return crops + eps * (noise.to(x) if isinstance(noise, torch.Tensor) else noise)

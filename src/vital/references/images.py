@@ -2,6 +2,15 @@
 
 A `ReferenceSet` is a list of image files (or in-memory images) plus how they were chosen; it is turned into
 tensors with a model's own preprocessing only when a run needs them, at the resolution the run needs.
+
+How they were chosen is said twice: `source`, a line for people, and `origin`, a small JSON-ready dict that every
+constructor fills and the run record keeps, from which `vital.rerun` rebuilds the set:
+
+- {"kind": "folder", "path", "n", "seed"} / {"kind": "class_folder", "root", "class", "n", "seed"}: sampled files;
+- {"kind": "files", "list"}: explicit paths (or a text file listing them);
+- {"kind": "photo", "class", "name", "n", "seed"}: seeded views of an offline photo (`references.photos`);
+- {"kind": "mined", "store", "layer", "channel", "ref_kind", "n"}: a mining store's top images or patches;
+- {"kind": "memory"}: images handed over in memory, which a record cannot rebuild.
 """
 
 from __future__ import annotations
@@ -56,12 +65,14 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
 
 @dataclass
 class ReferenceSet:
-    """Files (or named in-memory images) to align to, plus a description of how they were chosen."""
+    """Files (or named in-memory images) to align to, plus how they were chosen: `source` in words, `origin` as
+    a dict that rebuilds them (see the module docstring)."""
 
     files: list[Path] = field(default_factory=list)
     images: list[tuple[str, Image.Image]] = field(default_factory=list)
     source: str = ""
     requested: int | None = None
+    origin: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.files) + len(self.images)
@@ -131,14 +142,15 @@ def from_class_folder(root: str | os.PathLike, cls: int | str, n: int | None = 5
             raise VitalError(f"no class folder '{cls}' in {root}.{closest(cls, by_name)}")
         folder = by_name[cls]
     else:
-        k = int(cls)
+        k = cls = int(cls)
         if not 0 <= k < len(folders):
             raise VitalError(f"class {k} is out of range: {root} has {len(folders)} class folders (0-{len(folders) - 1})")
         folder = folders[k]
     files = list_images(folder)
     if not files:
         raise VitalError(f"class folder {folder} holds no images")
-    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n)
+    origin = {"kind": "class_folder", "root": str(Path(root).resolve()), "class": cls, "n": n, "seed": seed}
+    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n, origin=origin)
 
 
 def from_folder(folder: str | os.PathLike, n: int | None = 50, seed: int = 0) -> ReferenceSet:
@@ -147,7 +159,8 @@ def from_folder(folder: str | os.PathLike, n: int | None = 50, seed: int = 0) ->
     files = list_images(folder)
     if not files:
         raise VitalError(f"reference folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n)
+    origin = {"kind": "folder", "path": str(Path(folder).resolve()), "n": n, "seed": seed}
+    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n, origin=origin)
 
 
 def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | None = None,
@@ -161,10 +174,10 @@ def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | 
             raise VitalError(f"file list {listing} does not exist")
         lines = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
         paths = [Path(ln) if Path(ln).is_absolute() else listing.parent / ln for ln in lines]
-        source = str(listing)
+        source, origin = str(listing), {"kind": "files", "list": str(listing.resolve())}
     else:
         paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-        source = "file list"
+        source, origin = "file list", {"kind": "files", "list": None}
     files = list(dict.fromkeys(Path(p) for p in paths))
     missing = [p for p in files if not p.is_file()]
     if missing:
@@ -172,7 +185,7 @@ def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | 
         files = [p for p in files if p.is_file()]
     if not files:
         raise VitalError(f"no existing image in {source}")
-    return ReferenceSet(files[:n] if n else files, source=source, requested=n)
+    return ReferenceSet(files[:n] if n else files, source=source, requested=n, origin=origin)
 
 
 def from_images(images: Sequence[tuple[str, Image.Image]] | Sequence[Image.Image], source: str = "memory") -> ReferenceSet:
@@ -180,4 +193,4 @@ def from_images(images: Sequence[tuple[str, Image.Image]] | Sequence[Image.Image
     named = [(im if isinstance(im, tuple) else (f"image{i}", im)) for i, im in enumerate(images)]
     if not named:
         raise VitalError("no reference images given")
-    return ReferenceSet(images=list(named), source=source)
+    return ReferenceSet(images=list(named), source=source, origin={"kind": "memory"})

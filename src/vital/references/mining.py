@@ -10,6 +10,7 @@ arguments; a store made for another model, layer set, image collection or prepro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,20 +29,24 @@ from vital.errors import VitalError
 from vital.features import FeatureExtractor
 from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
-from vital.references.images import ReferenceSet, list_images, load_rgb
-from vital.references.receptive_field import ReceptiveField, receptive_field
+from vital.references.images import list_images, load_rgb
+from vital.references.receptive_field import ReceptiveField, effective_field, receptive_field
+from vital.references.store import (
+    FILES,
+    FORMAT,
+    HEADER_KEYS,
+    INDEX,
+    STATE,
+    Lists,
+    MiningStore,
+    ModelSpaceDataset,
+    final_tensors,
+    store_index,
+)
 
-FORMAT = "vital-mining-store/1"
-INDEX, STATE, FILES = "index.json", "topk.pt", "files.json"
+__all__ = ["MiningStore", "mine"]
+
 _UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def _crop_resize(resize: int, size: int, interpolation: str):
-    """The model's preprocessing up to, not including, tensor conversion and normalisation (PIL -> PIL)."""
-    from torchvision import transforms as T
-
-    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode(interpolation), antialias=True),
-                      T.CenterCrop(size)])
 
 
 def _preprocessing(model: VisionModel, size: int) -> dict[str, Any]:
@@ -65,35 +70,17 @@ class _Folder(Dataset):
             return torch.zeros(3, self.size, self.size), i, False, self.files[i]
 
 
-class _Wrapped(Dataset):
-    """A user Dataset of model-space tensors, optionally with a path or id as the second element."""
-
-    def __init__(self, data: Dataset):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int):
-        item = self.data[i]
-        x, ident = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
-        if not torch.is_tensor(x) or x.dim() != 3:
-            raise VitalError(f"dataset item {i} is {type(x).__name__}, not a (3, H, W) tensor in the model's input "
-                             "space; pass an image folder or wrap the data in a Dataset that returns one")
-        return x, i, True, str(ident) if isinstance(ident, (str, os.PathLike)) else ""
-
-
 def _source(images, model: VisionModel) -> tuple[Dataset, dict[str, Any], int]:
     """(dataset yielding (x, index, ok, name), fingerprint, input size)."""
     if isinstance(images, Dataset):
         n = len(images)
         if n == 0:
             raise VitalError("the dataset to mine is empty")
-        first = _Wrapped(images)[0][0]
+        first = ModelSpaceDataset(images)[0][0]
         if first.shape[-1] != first.shape[-2]:
             raise VitalError(f"dataset images are {tuple(first.shape[-2:])}; mining needs square inputs as the "
                              "model's preprocessing makes them (Resize + CenterCrop)")
-        return _Wrapped(images), {"kind": "dataset", "class": type(images).__name__, "count": n}, first.shape[-1]
+        return ModelSpaceDataset(images), {"kind": "dataset", "class": type(images).__name__, "count": n}, first.shape[-1]
     root = Path(images).expanduser().resolve()
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
     if not files:
@@ -110,8 +97,12 @@ def _mismatch(path: Path, old: dict, new: dict) -> str | None:
     if (old["model"], old["weights_id"]) != (new["model"], new["weights_id"]):
         return (f"{where} for {old['model']} (weights {old['weights_id']}), not {new['model']} "
                 f"(weights {new['weights_id']}){fix}")
-    if old["layers"] != new["layers"]:
+    if list(old["layers"]) != list(new["layers"]):
         return f"{where} for layers {list(old['layers'])}, not {list(new['layers'])}{fix}"
+    if old["layers"] != new["layers"]:
+        changed = [n for n in new["layers"] if old["layers"][n] != new["layers"][n]]
+        return (f"{where} with other shapes or patch boxes for {changed} (another input size, patch rule or vital "
+                f"version){fix}")
     if _without_root(old["dataset"]) != _without_root(new["dataset"]):  # a moved folder is the same image set
         return f"{where} on another image set ({old['dataset']}), not ({new['dataset']}){fix}"
     if old["preprocessing"] != new["preprocessing"]:
@@ -125,10 +116,6 @@ def _without_root(fingerprint: dict) -> dict:
     return {key: value for key, value in fingerprint.items() if key != "root"}
 
 
-HEADER_KEYS = ("model", "weights_id", "layers", "dataset", "preprocessing", "k", "n_images")
-
-
-Lists = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per channel, best first: scores, image indices, boxes
 
 
 def _empty(channels: int, device: torch.device) -> Lists:
@@ -152,151 +139,134 @@ def _merge(lists: Lists, act: torch.Tensor, index: torch.Tensor, rf: ReceptiveFi
     return scores.gather(1, order), idx.gather(1, order), bx.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
 
 
-class MiningStore:
-    """Top images and patches per channel of the mined layers. Built by `mine`; `MiningStore.load` reopens it.
-
-    Tensors per layer: image_scores / image_index (C, N), patch_scores / patch_index (C, k), patch_boxes (C, k, 4)
-    as (left, top, right, bottom) in the preprocessed size x size image. Indices point into `files`."""
-
-    def __init__(self, index: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], files: list[str],
-                 path: Path | None = None, images: str | os.PathLike | Dataset | None = None):
-        self.index, self.tensors, self.files, self.path = index, tensors, files, path
-        self.dataset = images if isinstance(images, Dataset) else None
-        ds = index["dataset"]
-        self.root = Path(images) if isinstance(images, (str, os.PathLike)) else (
-            Path(ds["root"]) if ds["kind"] == "folder" else None)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, images: str | os.PathLike | Dataset | None = None) -> MiningStore:
-        """Open a complete store. `images`: the image folder if it moved, or the Dataset it was mined from (needed
-        for pixels of a Dataset-mined store)."""
-        path = Path(path)
-        if not (path / INDEX).is_file():
-            raise VitalError(f"{path} is not a mining store (no {INDEX}); create one with `vital mine`")
-        index = json.loads((path / INDEX).read_text())
-        if index.get("format") != FORMAT:
-            raise VitalError(f"{path / INDEX} is not a {FORMAT} index; mine again into a new folder")
-        if not index["complete"]:
-            raise VitalError(f"store at {path} is incomplete ({index['images_processed']} of "
-                             f"{index['dataset']['count']} images); run `vital mine` again with the same arguments "
-                             "to finish it")
-        tensors = torch.load(path / STATE, map_location="cpu", weights_only=True)["final"]
-        files = json.loads((path / FILES).read_text())
-        return cls(index, tensors, files, path, images)
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.index["layers"])
-
-    def check(self, model: VisionModel, layer: str, channel: int | None = None) -> None:
-        """Raise a VitalError unless this store was mined for `model` (name and weights), has `layer` and,
-        if given, `channel` is one of its channels."""
-        where = f"store at {self.path}" if self.path else "mining store"
-        if (model.name, model.weights_id) != (self.index["model"], self.index["weights_id"]):
-            raise VitalError(f"{where} was mined for {self.index['model']} (weights {self.index['weights_id']}), not "
-                             f"{model.name} (weights {model.weights_id}); mine references for this model")
-        if layer not in self.index["layers"]:
-            raise VitalError(f"{where} has no layer '{layer}' (mined: {', '.join(self.layers)}); mine it with "
-                             f"`vital mine --layers {layer}`")
-        channels = self.index["layers"][layer]["channels"]
-        if channel is not None and not 0 <= channel < channels:
-            raise VitalError(f"channel {channel} is out of range: layer '{layer}' has {channels} channels "
-                             f"(0-{channels - 1})")
-
-    def _layer(self, layer: str, channel: int | None = None) -> dict[str, torch.Tensor]:
-        if layer not in self.tensors:
-            raise VitalError(f"store has no layer '{layer}' (mined: {', '.join(self.layers)}); mine it first")
-        channels = self.index["layers"][layer]["channels"]
-        if channel is not None and not 0 <= channel < channels:
-            raise VitalError(f"channel {channel} is out of range: layer '{layer}' has {channels} channels "
-                             f"(0-{channels - 1})")
-        return self.tensors[layer]
-
-    def _name(self, i: int) -> str:
-        return self.files[i] or f"#{i}"
-
-    def top_images(self, layer: str, channel: int) -> list[tuple[str, float]]:
-        """(file or id, spatial-max activation), best first."""
-        t = self._layer(layer, channel)
-        return [(self._name(i), s) for i, s in zip(t["image_index"][channel].tolist(),
-                                                   t["image_scores"][channel].tolist(), strict=True)]
-
-    def top_patches(self, layer: str, channel: int) -> list[tuple[str, float, tuple[int, int, int, int]]]:
-        """(file or id, activation at the patch centre, box (left, top, right, bottom)), best first."""
-        t = self._layer(layer, channel)
-        return [(self._name(i), s, tuple(b)) for i, s, b in zip(
-            t["patch_index"][channel].tolist(), t["patch_scores"][channel].tolist(),
-            t["patch_boxes"][channel].tolist(), strict=True)]
-
-    def _pixels(self, i: int) -> Image.Image:
-        """Image i as the model sees it (resized and centre-cropped), un-normalised, as PIL."""
-        prep = self.index["preprocessing"]
-        if self.index["dataset"]["kind"] == "folder":
-            if self.root is None or not (self.root / self.files[i]).is_file():
-                raise VitalError(f"image {self.files[i]} is not under {self.root}; pass the folder's new place as "
-                                 "MiningStore.load(path, images=FOLDER)")
-            return _crop_resize(prep["resize"], prep["size"], prep["interpolation"])(load_rgb(self.root / self.files[i]))
-        if self.dataset is None:
-            raise VitalError("this store was mined from a Dataset: pass it as MiningStore.load(path, images=DATASET) "
-                             "to see its pixels")
-        x = _Wrapped(self.dataset)[i][0].float()
-        mean = torch.tensor(prep["mean"]).view(3, 1, 1)
-        std = torch.tensor(prep["std"]).view(3, 1, 1)
-        x01 = (x.cpu() * std + mean).clamp(0, 1)
-        return Image.fromarray((x01 * 255).round().byte().permute(1, 2, 0).numpy())
-
-    def references(self, layer: str, channel: int, kind: str = "images", n: int | None = None) -> ReferenceSet:
-        """The channel's references, best first: whole images (files when they exist on disk) or patches cropped
-        from the preprocessed image and resized to the model's input size."""
-        source = f"{self.path or 'mining store'}:{layer}:{channel}:{kind}"
-        if kind == "images":
-            names = [name for name, _ in self.top_images(layer, channel)][:n]
-            if self.root is not None:
-                return ReferenceSet(files=[self.root / f for f in names], source=source, requested=n)
-            if names and all(Path(f).is_file() for f in names):
-                return ReferenceSet(files=[Path(f) for f in names], source=source, requested=n)
-            t = self._layer(layer, channel)
-            return ReferenceSet(images=[(self._name(i), self._pixels(i)) for i in t["image_index"][channel][:n].tolist()],
-                                source=source, requested=n)
-        if kind == "patches":
-            return ReferenceSet(images=self._patches(layer, channel, n), source=source, requested=n)
-        raise VitalError(f"unknown reference kind '{kind}'; use 'images' or 'patches'")
-
-    def _patches(self, layer: str, channel: int, n: int | None) -> list[tuple[str, Image.Image]]:
-        prep = self.index["preprocessing"]
-        size = prep["size"]
-        resample = Image.Resampling[prep["interpolation"].upper()]
-        t = self._layer(layer, channel)
-        out = []
-        for i, box in zip(t["patch_index"][channel][:n].tolist(), t["patch_boxes"][channel][:n].tolist(), strict=True):
-            crop = self._pixels(i).crop(tuple(box)).resize((size, size), resample)
-            out.append((f"{self._name(i)}@{','.join(map(str, box))}", crop))
-        return out
-
-    def grid(self, layer: str, channels: Sequence[int] | None = None, path: str | os.PathLike | None = None,
-             n: int = 8, tile: int = 64) -> Path:
-        """A PNG with one row per channel (default: the first 16) of its top `n` patches, `tile` px each; written
-        to `path` (default: grid_<layer>.png in the store). Rows with fewer patches are padded with grey."""
-        self._layer(layer)
-        channels = list(range(min(16, self.index["layers"][layer]["channels"])) if channels is None else channels)
-        if path is None:
-            if self.path is None:
-                raise VitalError("this store is not on disk: pass a path for the grid")
-            path = self.path / f"grid_{layer}.png"
-        sheet = Image.new("RGB", (n * tile, len(channels) * tile), (128, 128, 128))
-        for row, c in enumerate(channels):
-            for col, (_, im) in enumerate(self._patches(layer, c, n)):
-                sheet.paste(im.resize((tile, tile), Image.Resampling.BILINEAR), (col * tile, row * tile))
-        path = Path(path)
-        atomic_write(path, lambda f: sheet.save(f, format="PNG"))
-        return path
+def _check_arguments(layers: Sequence[str], k: int, n_images: int | None, batch_size: int, workers: int,
+                     checkpoint_every: int, grid: bool, out) -> None:
+    if k < 1 or (n_images is not None and n_images < 1):
+        raise VitalError(f"k and n_images must be at least 1, got k={k}, n_images={n_images}")
+    if batch_size < 1 or checkpoint_every < 1 or workers < 0:
+        raise VitalError("batch_size and checkpoint_every must be at least 1 and workers at least 0")
+    if not layers:
+        raise VitalError("no layers to mine; name at least one (`vital layers MODEL` lists them)")
+    if grid and out is None:
+        raise VitalError("grid=True needs an out folder to write the grids to")
 
 
-def final_tensors(lists: Lists, k: int, n: int) -> dict[str, torch.Tensor]:
-    scores, index, boxes = (t.cpu() for t in lists)
-    return {"image_scores": scores[:, :n].clone(), "image_index": index[:, :n].clone(),
-            "patch_scores": scores[:, :k].clone(), "patch_index": index[:, :k].clone(),
-            "patch_boxes": boxes[:, :k].clone()}
+PATCH_RULES = ("auto", "theoretical", "effective")
+EFFECTIVE_SAMPLE = 16  # images (the first readable ones) on which the effective field is measured
+
+
+def _fields(model: VisionModel, layers: list[str], data: Dataset, size: int, patch: str
+            ) -> dict[str, ReceptiveField]:
+    """Each layer's receptive field; with the effective field measured where `patch` asks for it ("auto": only
+    where the theoretical field covers the whole input, so that deep layers still get patches)."""
+    rfs = {name: receptive_field(model.module, name, size) for name in layers}
+    need = [n for n, rf in rfs.items() if patch == "effective" or (patch == "auto" and rf.is_global)]
+    if need:
+        sample = [data[i] for i in range(min(len(data), 4 * EFFECTIVE_SAMPLE))]
+        x = torch.stack([item[0] for item in sample if item[2]][:EFFECTIVE_SAMPLE])
+        x = x.to(device=model.device, dtype=model.dtype)
+        for n in need:
+            side, offset = effective_field(model.module, n, x)
+            # a global field says nothing of where a unit looks: take the measured centre of its effective field
+            rfs[n] = dataclasses.replace(rfs[n], effective=side, offset=offset if rfs[n].is_global else rfs[n].offset)
+    return rfs
+
+
+def _header(model: VisionModel, extractor: FeatureExtractor, fingerprint: dict[str, Any], size: int, k: int,
+            n_images: int, rfs: dict[str, ReceptiveField]) -> dict[str, Any]:
+    """The store's header: what it is mined for (model, layers with their shapes and receptive fields, image set,
+    preprocessing, k)."""
+    layers = list(extractor.layers)
+    with torch.no_grad():
+        x = torch.zeros(1, 3, size, size, device=model.device, dtype=model.dtype)
+        shapes = {name: tuple(a.shape[1:]) for name, a in extractor(x).items()}
+    header = {
+        "format": FORMAT, "model": model.name, "weights_id": model.weights_id,
+        "layers": {name: {"channels": shapes[name][0], "shape": list(shapes[name]),
+                          "receptive_field": rfs[name].as_dict()} for name in layers},
+        "k": k, "n_images": n_images, "dataset": fingerprint, "preprocessing": _preprocessing(model, size),
+    }
+    return header
+
+
+class _Pass:
+    """One mining pass (fresh or resumed): the running lists, checkpoints and the finished store.
+
+    `state` = (lists per layer, images seen, unreadable files) is replaced as a whole after each batch, so an
+    interruption leaves it at a batch boundary and a checkpoint never holds half a batch."""
+
+    def __init__(self, header: dict[str, Any], path: Path | None, data: Dataset, saved: dict[str, Any] | None,
+                 device: torch.device):
+        self.header, self.path, self.data = header, path, data
+        self.k, self.n_images = header["k"], header["n_images"]
+        self.folder = isinstance(data, _Folder)
+        self.names = list(data.files) if self.folder else [""] * len(data)
+        layers = header["layers"]
+        if saved is None:
+            self.state: tuple[dict[str, Lists], int, list[str]] = (
+                {name: _empty(info["channels"], device) for name, info in layers.items()}, 0, [])
+            self.created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        else:
+            self.state = ({name: tuple(t.to(device) for t in saved["lists"][name]) for name in layers},
+                          saved["seen"], saved["skipped"])
+            self.created = saved["created"]
+            self.names = self.names if self.folder else saved["names"]
+
+    def checkpoint(self, complete: bool) -> None:
+        if self.path is None:
+            return
+        lists, seen, skipped = self.state
+        saving = {"seen": seen, "skipped": skipped, "created": self.created, "complete": complete,
+                  "lists": {name: tuple(t.cpu() for t in ls) for name, ls in lists.items()},
+                  "names": [] if self.folder else self.names}
+        if complete:
+            saving["final"] = {name: final_tensors(ls, self.k, self.n_images) for name, ls in lists.items()}
+            write_json(self.names, self.path / FILES)
+        atomic_write(self.path / STATE, lambda f: torch.save(saving, f))
+        write_json(store_index(self.header, seen, skipped, complete, self.created), self.path / INDEX)
+
+    def scan(self, model: VisionModel, extractor: FeatureExtractor, rfs: dict[str, ReceptiveField], size: int,
+             batch_size: int, workers: int, checkpoint_every: int, progress: bool) -> None:
+        """Merge every image not seen yet into the lists, batch by batch, checkpointing as it goes (and on an
+        interruption)."""
+        device, dtype, m = model.device, model.dtype, max(self.k, self.n_images)
+        start = self.state[1]
+        loader = DataLoader(Subset(self.data, range(start, len(self.data))), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, pin_memory=device.type == "cuda")
+        bar = tqdm(total=len(self.data), initial=start, unit="img", desc="mining", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            with torch.no_grad():
+                for step, (x, idx, ok, ident) in enumerate(loader, 1):
+                    lists, seen, skipped = self.state
+                    for i, name in zip(idx.tolist(), ident, strict=True):
+                        self.names[i] = name
+                    if bool(ok.any()):
+                        feats = extractor(x[ok].to(device=device, dtype=dtype, non_blocking=True))
+                        lists = {name: _merge(ls, feats[name], idx[ok], rfs[name], size, m) for name, ls in lists.items()}
+                    self.state = (lists, seen + len(ok), skipped + [self.names[i] for i in idx[~ok].tolist()])
+                    bar.update(len(ok))
+                    if step % checkpoint_every == 0:
+                        self.checkpoint(False)
+        except BaseException:
+            self.checkpoint(False)  # keep the work done up to the last whole batch
+            raise
+        finally:
+            bar.close()
+
+    def finish(self, images) -> MiningStore:
+        """The complete store (written, with `out`); an error if no image could be read, a warning for skipped."""
+        lists, seen, skipped = self.state
+        if seen == len(skipped):
+            raise VitalError(f"none of the {len(self.data)} images in {self.header['dataset'].get('root', 'the dataset')}"
+                             " could be read; point --images at a folder of JPEG/PNG images")
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}"
+                          + (" ..." if len(skipped) > 5 else ""), stacklevel=3)
+        self.checkpoint(True)
+        final = {name: final_tensors(ls, self.k, self.n_images) for name, ls in lists.items()}
+        index = store_index(self.header, seen, skipped, True, self.created)
+        return MiningStore(index, final, self.names, self.path, images)
 
 
 def mine(
@@ -312,6 +282,7 @@ def mine(
     progress: bool = True,
     grid: bool = False,
     checkpoint_every: int = 100,
+    patch: str = "auto",
 ) -> MiningStore:
     """Mine the top `n_images` (default k) images and top `k` patches (distinct images) of every channel of
     `layers` in one pass over `images`: a folder (searched recursively, preprocessed by the model's transform) or
@@ -319,109 +290,30 @@ def mine(
 
     With `out`, the store is written there, checkpointed every `checkpoint_every` batches and on interruption;
     calling again with the same arguments resumes (`resume=False` starts over) or, once complete, just loads it.
-    `grid=True` also writes grid_<layer>.png per layer."""
-    if k < 1 or (n_images is not None and n_images < 1):
-        raise VitalError(f"k and n_images must be at least 1, got k={k}, n_images={n_images}")
-    if batch_size < 1 or checkpoint_every < 1 or workers < 0:
-        raise VitalError("batch_size and checkpoint_every must be at least 1 and workers at least 0")
-    if not layers:
-        raise VitalError("no layers to mine; name at least one (`vital layers MODEL` lists them)")
-    if grid and out is None:
-        raise VitalError("grid=True needs an out folder to write the grids to")
-    n_images = n_images or k
-    layers = list(dict.fromkeys(layers))
-    extractor = FeatureExtractor(model.module, layers, raw=True)
+    `grid=True` also writes grid_<layer>.png per layer.
+
+    `patch`: the size of the patch boxes. "theoretical": the layer's receptive field; "effective": its effective
+    field (the centre that holds 3/4 of a unit's input-gradient mass, measured on the first images); "auto": the
+    theoretical field, or the effective one where the theoretical field covers the whole input (deep layers)."""
+    _check_arguments(layers, k, n_images, batch_size, workers, checkpoint_every, grid, out)
+    if patch not in PATCH_RULES:
+        raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
+    extractor = FeatureExtractor(model.module, list(dict.fromkeys(layers)), raw=True)
     data, fingerprint, size = _source(images, model)
-    device, dtype = model.device, model.dtype
-    with torch.no_grad():
-        shapes = {name: tuple(a.shape[1:]) for name, a in
-                  extractor(torch.zeros(1, 3, size, size, device=device, dtype=dtype)).items()}
-    rfs = {name: receptive_field(model.module, name, size) for name in layers}
-    header = {
-        "format": FORMAT, "model": model.name, "weights_id": model.weights_id,
-        "layers": {name: {"channels": shapes[name][0], "shape": list(shapes[name]),
-                          "receptive_field": rfs[name].as_dict()} for name in layers},
-        "k": k, "n_images": n_images, "dataset": fingerprint, "preprocessing": _preprocessing(model, size),
-    }
+    rfs = _fields(model, list(extractor.layers), data, size, patch)
+    header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs)
     path = Path(out) if out is not None else None
-    saved: dict[str, Any] | None = None
-    if path is not None:
-        saved = _open_store(path, header, resume)
-        if saved is not None and saved["complete"]:
-            store = MiningStore.load(path, images)
-            if grid:
-                for name in layers:
-                    store.grid(name)
-            return store
-
-    m = max(k, n_images)
-    # (lists per layer, images seen, unreadable files): replaced as a whole after each batch, so an interruption
-    # leaves it at a batch boundary and a checkpoint never holds half a batch
-    state: tuple[dict[str, Lists], int, list[str]] = ({name: _empty(shapes[name][0], device) for name in layers}, 0, [])
-    names = list(data.files) if isinstance(data, _Folder) else [""] * len(data)
-    created = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if saved is not None:
-        state = ({name: tuple(t.to(device) for t in saved["lists"][name]) for name in layers}, saved["seen"],
-                 saved["skipped"])
-        created = saved["created"]
-        if not isinstance(data, _Folder):
-            names = saved["names"]
-
-    def checkpoint(complete: bool) -> None:
-        if path is None:
-            return
-        lists, seen, skipped = state
-        saving = {"seen": seen, "skipped": skipped, "created": created, "complete": complete,
-                  "lists": {name: tuple(t.cpu() for t in ls) for name, ls in lists.items()},
-                  "names": [] if isinstance(data, _Folder) else names}
-        if complete:
-            saving["final"] = {name: final_tensors(ls, k, n_images) for name, ls in lists.items()}
-            write_json(names, path / FILES)
-        atomic_write(path / STATE, lambda f: torch.save(saving, f))
-        write_json(store_index(header, seen, skipped, complete, created), path / INDEX)
-
-    loader = DataLoader(Subset(data, range(state[1], len(data))), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
-    bar = tqdm(total=len(data), initial=state[1], unit="img", desc="mining", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        with torch.no_grad():
-            for step, (x, idx, ok, ident) in enumerate(loader, 1):
-                lists, seen, skipped = state
-                for i, name in zip(idx.tolist(), ident, strict=True):
-                    names[i] = name
-                if bool(ok.any()):
-                    feats = extractor(x[ok].to(device=device, dtype=dtype, non_blocking=True))
-                    lists = {name: _merge(lists[name], feats[name], idx[ok], rfs[name], size, m) for name in layers}
-                state = (lists, seen + len(ok), skipped + [names[i] for i in idx[~ok].tolist()])
-                bar.update(len(ok))
-                if step % checkpoint_every == 0:
-                    checkpoint(False)
-    except BaseException:
-        checkpoint(False)  # keep the work done up to the last whole batch
-        raise
-    finally:
-        bar.close()
-    lists, seen, skipped = state
-    if seen == len(skipped):
-        raise VitalError(f"none of the {len(data)} images in {fingerprint.get('root', 'the dataset')} could be read; "
-                         "point --images at a folder of JPEG/PNG images")
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}"
-                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
-    checkpoint(True)
-    final = {name: final_tensors(ls, k, n_images) for name, ls in lists.items()}
-    store = MiningStore(store_index(header, seen, skipped, True, created), final, names, path, images)
+    saved = _open_store(path, header, resume) if path is not None else None
+    if saved is not None and saved["complete"]:
+        store = MiningStore.load(path, images)
+    else:
+        run = _Pass(header, path, data, saved, model.device)
+        run.scan(model, extractor, rfs, size, batch_size, workers, checkpoint_every, progress)
+        store = run.finish(images)
     if grid:
-        for name in layers:
+        for name in header["layers"]:
             store.grid(name)
     return store
-
-
-def store_index(header: dict, seen: int, skipped: list[str], complete: bool, created: str) -> dict[str, Any]:
-    return {**header, "images_processed": seen, "skipped": skipped, "skipped_count": len(skipped),
-            "complete": complete, "files": FILES, "created": created,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import torch
 
 from vital.errors import VitalError
 from vital.io import atomic_write, write_json
-from vital.references.mining import (
+from vital.references.store import (
     FILES,
     FORMAT,
     HEADER_KEYS,

@@ -41,17 +41,23 @@ class ReceptiveField:
     size: tuple[int, int]
     offset: tuple[float, float]
     is_global: bool = False
+    effective: tuple[int, int] | None = None  # side of the effective field (see `effective_size`), when measured
 
     def centre(self, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-pixel centres (y, x) of output positions (h, w)."""
         return self.offset[0] + h * self.stride[0], self.offset[1] + w * self.stride[1]
 
     def patch_size(self, image: int) -> tuple[int, int]:
-        """Side of the patch shown for one unit: the field size, at least 2 strides (a unit's own footprint and its
-        neighbour's), at most the image. A global field gives the whole image."""
-        if self.is_global:
+        """Side of the patch shown for one unit: the effective field when measured, else the theoretical one (a
+        global field: the whole image); at least 2 strides (a unit's own footprint and its neighbour's), at most
+        the image."""
+        if self.effective is not None:
+            sides = self.effective
+        elif self.is_global:
             return image, image
-        return tuple(min(max(s, 2 * st), image) for s, st in zip(self.size, self.stride, strict=True))
+        else:
+            sides = self.size
+        return tuple(min(max(s, 2 * st), image) for s, st in zip(sides, self.stride, strict=True))  # type: ignore[return-value]
 
     def boxes(self, h: torch.Tensor, w: torch.Tensor, image: int) -> torch.Tensor:
         """Patch boxes (left, top, right, bottom), right/bottom exclusive, for output positions (h, w) of an
@@ -65,7 +71,7 @@ class ReceptiveField:
 
     def as_dict(self) -> dict:
         return {"stride": list(self.stride), "size": list(self.size), "offset": list(self.offset),
-                "is_global": self.is_global}
+                "is_global": self.is_global, "effective": None if self.effective is None else list(self.effective)}
 
 
 def _linear_positive(module: nn.Module) -> nn.Module:
@@ -136,3 +142,43 @@ def receptive_field(module: nn.Module, layer: str, size: int = 224) -> Receptive
         s *= 2
     raise VitalError(f"could not measure the receptive field of '{layer}' with inputs up to {s // 2} px; "
                      "is its output map smaller than 2x2?")
+
+
+EFFECTIVE_MASS = 0.75
+
+
+def effective_field(module: nn.Module, layer: str, images: torch.Tensor, mass: float = EFFECTIVE_MASS
+                    ) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Side (height, width) of the effective receptive field of `layer` (Luo et al., NeurIPS 2016): the smallest
+    square, centred on the centre of mass of the centre unit's input-gradient magnitude (all channels, averaged
+    over `images` in model input space, real weights), whose pixels (by their centres) hold `mass` of it. Also
+    returns the offset, the centre of unit (0, 0) in input pixels, measured the same way. Deep layers of a CNN see
+    the whole input in theory but depend mostly on a much smaller centre: that centre is the patch that shows what
+    a unit responds to."""
+    x = images.detach().clone().requires_grad_(True)
+    out = FeatureExtractor(module, [layer], raw=True)(x)[layer]
+    if out.dim() != 4:
+        raise VitalError(f"layer '{layer}' outputs shape {tuple(out.shape[1:])}, not a (C, H, W) map: "
+                         "receptive fields and patches need a convolutional layer")
+    h, w = out.shape[2] // 2, out.shape[3] // 2
+    (grad,) = torch.autograd.grad(out[:, :, h, w].sum(), x)
+    g = grad.detach().abs().sum(1).mean(0).double()  # (H, W)
+    total = float(g.sum())
+    if total == 0:
+        raise VitalError(f"the centre unit of '{layer}' does not depend on the input; pick another layer")
+    ys, xs = torch.nonzero(g > 0, as_tuple=True)
+    weights = g[ys, xs]
+    cy, cx = float((ys * weights).sum() / total), float((xs * weights).sum() / total)  # pixel i has centre i
+    stride = (x.shape[2] / out.shape[2], x.shape[3] / out.shape[3])
+    offset = (cy - h * stride[0], cx - w * stride[1])
+    for side in range(1, 2 * max(g.shape) + 2):
+        inside = ((ys - cy).abs() < side / 2) & ((xs - cx).abs() < side / 2)
+        if float(weights[inside].sum()) >= mass * total * (1 - 1e-9):
+            return (side, side), offset
+    return (g.shape[0], g.shape[1]), offset
+
+
+def effective_size(module: nn.Module, layer: str, images: torch.Tensor, mass: float = EFFECTIVE_MASS
+                   ) -> tuple[int, int]:
+    """The side of `effective_field`."""
+    return effective_field(module, layer, images, mass)[0]

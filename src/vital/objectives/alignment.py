@@ -1,0 +1,205 @@
+"""VITAL's objective: sort-matching of the image's feature distributions against those of real references, per
+sample, optionally weighted by the relevance of a target channel (SPEC sections 2-4, with section 7 fixed).
+
+    L_b = sum_l w_l * SM(phi_l(x_b), q_l(b); importance_l(b))  [+ w_t * SM(A_t[c_b](x_b), q_t(b))]
+
+Classes (relevance "none"): phi_l = F_l, and q_l(b) is the quantile barycenter of F_l over sample b's references.
+
+Channels weighted by relevance R_l of the target channel c_b at layer l (LRP and its alternatives, computed once for
+the references under no_grad); every mask is M = per-image, per-channel min-max of R over positions:
+- mask "reference" (default): the prototype is the barycenter of the references' *relevance-weighted* distributions
+  (each reference's weighted quantiles, weights M_ref), and the synthetic features enter unweighted. The image is
+  asked to show, everywhere, the features that the references show where they matter to the neuron. No relevance
+  pass runs per step.
+- mask "multiply" (the authors' code): phi_l = M_l(x) * F_l(x) with the synthetic mask recomputed every step
+  (detached), and the prototype built from M_ref * F_ref.
+Either way, importance_l(b) (the max of R over positions, min-max over channels, averaged over the references)
+weights each channel's error, and `unweighted` adds that much of the plain (relevance "none") alignment.
+The target term matches the distribution over positions of the target channel itself (weight w_t): what carries
+the neuron's identity, where the upstream layers alone match only textures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vital.errors import VitalError
+from vital.features import FeatureExtractor, as_channels_by_positions
+from vital.models.zoo import VisionModel
+from vital.objectives.base import Term, Views
+from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_loss
+from vital.references.images import ReferenceSet
+from vital.relevance.lrp import METHODS as RELEVANCE_ENGINES
+
+MASK_EPS = 1e-6
+RELEVANCE_METHODS = (*RELEVANCE_ENGINES, "none")
+MASK_RULES = ("reference", "multiply")
+
+
+def relevance_mask(r: torch.Tensor) -> torch.Tensor:
+    """(B, C, P) -> per image and channel, (R - min_p R) / (max_p (R - min_p R) + eps)."""
+    shifted = r - r.amin(dim=-1, keepdim=True)
+    return shifted / (shifted.amax(dim=-1, keepdim=True) + MASK_EPS)
+
+
+def channel_importance(r: torch.Tensor) -> torch.Tensor:
+    """(N, C, P) reference relevance -> (C,): max over positions, min-max over channels per image, mean over N."""
+    i = r.amax(dim=-1)
+    i = i - i.amin(dim=1, keepdim=True)
+    i = i / (i.amax(dim=1, keepdim=True) + MASK_EPS)
+    return i.mean(dim=0)
+
+
+class ReferencePixels:
+    """Each distinct reference set loaded once with the model's preprocessing, kept on the model's device."""
+
+    def __init__(self, model: VisionModel, sets: Sequence[ReferenceSet]):
+        self.model = model
+        self.sets = list(sets)
+        self.index = [next(i for i, t in enumerate(self.sets) if t is s) for s in self.sets]
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def unique(self) -> list[int]:
+        return sorted(set(self.index))
+
+    def pixels(self, i: int) -> torch.Tensor:
+        if i not in self._cache:
+            t = self.sets[i].load(self.model.transform())
+            self._cache[i] = t.to(self.model.device, self.model.dtype)
+        return self._cache[i]
+
+    def chunks(self, i: int, chunk: int, downsample: int) -> Iterator[torch.Tensor]:
+        """Set i in chunks, pooled exactly as the network sees the synthetic image at this resolution."""
+        pixels = self.pixels(i)
+        for start in range(0, pixels.shape[0], chunk):
+            x = pixels[start:start + chunk]
+            yield F.avg_pool2d(x, downsample) if downsample > 1 else x
+
+    def per_sample(self, values: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Stack one tensor per distinct set into one row per sample."""
+        return torch.stack([values[i] for i in self.index])
+
+
+class Alignment(Term):
+    """Sort-matching against reference prototypes, one per sample; see the module docstring."""
+
+    name = "alignment"
+
+    def __init__(self, model: VisionModel, layers: Sequence[str], weights: Sequence[float],
+                 references: Sequence[ReferenceSet], *, channels: Sequence[int] | None = None,
+                 target_layer: str | None = None, relevance: str = "none", mask: str = "reference",
+                 target_weight: float = 0.0, unweighted: float = 0.0, chunk: int = 16):
+        if len(weights) != len(layers):
+            raise VitalError(f"{len(layers)} layers but {len(weights)} layer weights; give one weight per layer")
+        if relevance not in RELEVANCE_METHODS:
+            raise VitalError(f"unknown relevance '{relevance}'; use one of {', '.join(RELEVANCE_METHODS)}")
+        if mask not in MASK_RULES:
+            raise VitalError(f"unknown mask rule '{mask}'; use one of {', '.join(MASK_RULES)}")
+        if (relevance != "none" or target_weight) and (channels is None or target_layer is None):
+            raise VitalError("relevance weighting and the target term need a target layer and one channel per sample")
+        self.model, self.layers, self.weights = model, list(layers), [float(w) for w in weights]
+        self.relevance, self.mask, self.chunk = relevance, mask, chunk
+        self.target_weight, self.unweighted = float(target_weight), float(unweighted)
+        self.target_layer = target_layer
+        self.channels = None if channels is None else torch.tensor(list(channels), device=model.device)
+        self.refs = ReferencePixels(model, references)
+        # the target layer's own output is captured too when it is matched (relevance there is unused)
+        captured = self.layers + ([target_layer] if self.target_weight and target_layer not in self.layers else [])
+        self.extractor = FeatureExtractor(model.module, captured)  # type: ignore[arg-type]
+        self.engine = None
+        if relevance != "none":
+            from vital.relevance import RelevanceEngine
+
+            self.engine = RelevanceEngine(model.module, target_layer, captured, relevance)  # type: ignore[arg-type]
+        self.q: dict[str, torch.Tensor] = {}
+        self.q_plain: dict[str, torch.Tensor] = {}
+        self.importance: dict[str, torch.Tensor] = {}
+        self.q_target: torch.Tensor | None = None
+
+    @property
+    def weighted(self) -> bool:
+        return self.engine is not None
+
+    # ---- both sides -----------------------------------------------------------------------------------------------
+
+    def _encode(self, x: torch.Tensor, channels: torch.Tensor | None, relevance: bool
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Features (B, C, P) of every captured layer, with their graph to x when grad is on, and, if asked, the
+        target's relevance at the matched layers (detached). The LRP methods share one forward for both."""
+        if not relevance:
+            return self.extractor(x), None
+        assert self.engine is not None and channels is not None
+        if self.relevance == "guided-backprop":
+            feats, rel = self.extractor(x), self.engine(x.detach(), channels)
+        else:
+            raw, rel = self.engine.features_and_relevance(x, channels)
+            feats = {n: as_channels_by_positions(f) for n, f in raw.items()}
+        return feats, {n: as_channels_by_positions(r) for n, r in rel.items() if n in self.layers}
+
+    @torch.no_grad()
+    def prepare(self, downsample: int) -> None:
+        q, q_plain, importance, q_target = {}, {}, {}, {}
+        for i in self.refs.unique():
+            channel = None if self.channels is None else self.channels[self.refs.index.index(i)]
+            accs = {n: PrototypeAccumulator() for n in self.layers}
+            plain = {n: PrototypeAccumulator() for n in self.layers} if self.weighted and self.unweighted else {}
+            target = PrototypeAccumulator()
+            rel_sum: dict[str, torch.Tensor] = {}
+            count = 0
+            for x in self.refs.chunks(i, self.chunk, downsample):
+                feats, rel = self._encode(x, None if channel is None else channel.expand(x.shape[0]), self.weighted)
+                for n in self.layers:
+                    if rel is None:
+                        accs[n].add(feats[n])
+                        continue
+                    m = relevance_mask(rel[n])
+                    if self.mask == "multiply":
+                        accs[n].add(m * feats[n])
+                    else:
+                        accs[n].add(feats[n], weights=m)
+                    rel_sum[n] = rel_sum.get(n, 0) + channel_importance(rel[n]) * x.shape[0]
+                    if n in plain:
+                        plain[n].add(feats[n])
+                if self.target_weight:
+                    target.add(feats[self.target_layer][:, channel].unsqueeze(1))
+                count += x.shape[0]
+            q[i] = {n: a.prototype() for n, a in accs.items()}
+            q_plain[i] = {n: a.prototype() for n, a in plain.items()}
+            importance[i] = {n: r / count for n, r in rel_sum.items()}
+            if self.target_weight:
+                q_target[i] = target.prototype()
+        self.q = {n: self.refs.per_sample({i: q[i][n] for i in q}) for n in self.layers}
+        self.q_plain = {n: self.refs.per_sample({i: q_plain[i][n] for i in q}) for n in q_plain[self.refs.index[0]]}
+        self.importance = {n: self.refs.per_sample({i: importance[i][n] for i in q}) for n in rel_sum}
+        self.q_target = self.refs.per_sample(q_target) if q_target else None
+
+    # ---- synthetic side: every step -------------------------------------------------------------------------------
+
+    def __call__(self, v: Views) -> torch.Tensor:
+        x = v.views
+        per_view = (lambda t: t.repeat_interleave(v.n_views, dim=0)) if v.n_views > 1 else (lambda t: t)
+        channels = None if self.channels is None else per_view(self.channels)
+        feats, rel = self._encode(x, channels, self.weighted and self.mask == "multiply")
+        masks = None if rel is None else {n: relevance_mask(r) for n, r in rel.items()}
+        loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+        for n, w in zip(self.layers, self.weights, strict=True):
+            phi = feats[n] if masks is None else masks[n] * feats[n]
+            imp = self.importance.get(n)
+            loss = loss + w * sort_matching_loss(phi, per_view(self.q[n]), None if imp is None else per_view(imp))
+            if n in self.q_plain:
+                loss = loss + self.unweighted * w * sort_matching_loss(feats[n], per_view(self.q_plain[n]))
+        if self.q_target is not None:
+            f = feats[self.target_layer]  # type: ignore[index]
+            row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)  # type: ignore[index]
+            loss = loss + self.target_weight * sort_matching_loss(row, per_view(self.q_target))
+        return v.per_image(loss)
+
+    def state(self) -> dict:
+        out = {"name": self.name, "layers": self.layers, "layer_weights": self.weights, "relevance": self.relevance}
+        if self.channels is not None:
+            out.update(target_layer=self.target_layer, mask=self.mask, target_weight=self.target_weight,
+                       unweighted=self.unweighted)
+        return out
