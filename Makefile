@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv and install what they need.
+# `make test` runs ruff, mypy (configured in pyproject.toml) and pytest.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +22,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 # The gallery test opens report.html in Debian's headless Chromium (installed here when missing and we are root).
 chromium:

@@ -58,14 +58,15 @@ def _neuron_part(model, out: Path, steps: int, progress: bool) -> None:
     refs = store.references(NEURON_LAYER, channel, kind="patches", n=NEURON_REFS)
     result = visualize(model, Channel(NEURON_LAYER, channel), refs, steps=steps, progress=progress)
     paths = result.save(out / "neuron")
-    ref01 = refs.load(lambda im: to_tensor(im.convert("RGB").resize((model.size, model.size), Image.BICUBIC)))
+    size = (model.size, model.size)
+    ref01 = refs.load(lambda im: to_tensor(im.convert("RGB").resize(size, Image.Resampling.BICUBIC)))
     act = activation_ratio(model, NEURON_LAYER, channel, result.images, ref01)
     natural = naturalness_ratio(result.images, ref01)
     print(f"  {NEURON_LAYER}:{channel} (k-th/1st top score {strength:.2f}): {paths['images'][0]}")
     print(f"  its activation is {act:.2f}x the median of its {len(ref01)} reference patches'; high-frequency "
           f"power {natural:.2f}x theirs (pixel noise: about 20x)")
     print(f"  transparency: {paths['transparency'][0]}; sheet: {paths['sheet'][0]}; patches: "
-          f"{store.path / f'grid_{NEURON_LAYER}.png'}")
+          f"{out / 'store' / f'grid_{NEURON_LAYER}.png'}")
 
 
 def run_demo(out: str | os.PathLike = "out/demo", steps: int | None = None, device: str = "cpu",

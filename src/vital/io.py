@@ -101,7 +101,7 @@ def _thumb(im: Image.Image, size: int) -> Image.Image:
     w, h = im.size
     s = min(w, h)
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return im.resize((size, size), Image.BICUBIC)
+    return im.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def checkerboard(size: int, cell: int = 8) -> Image.Image:
@@ -124,8 +124,8 @@ def contact_sheet(rows: Sequence[tuple[str, Image.Image, Image.Image | None, Seq
         cells: list[Image.Image] = [_thumb(vis, thumb)]
         if rgba is not None:
             board = checkerboard(thumb)
-            board.paste(rgba.convert("RGBA").resize((thumb, thumb), Image.BICUBIC),
-                        (0, 0), rgba.convert("RGBA").resize((thumb, thumb), Image.BICUBIC))
+            board.paste(rgba.convert("RGBA").resize((thumb, thumb), Image.Resampling.BICUBIC),
+                        (0, 0), rgba.convert("RGBA").resize((thumb, thumb), Image.Resampling.BICUBIC))
             cells.append(board)
         else:
             cells.append(Image.new("RGB", (thumb, thumb), "white"))

@@ -146,6 +146,7 @@ def rerun(record: str | os.PathLike | dict, device: str | None = None, progress:
         if not path.is_file():
             raise VitalError(f"no run record at {path}")
         record = json.loads(path.read_text())
+    assert isinstance(record, dict)
     model = load_model(record["model"]["name"], weights or _weights(record["model"]), device or "cpu")
     targets = [_target(t) for t in record["targets"]]
     refs = [references_from_record(e) for e in record["references"]]

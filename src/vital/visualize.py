@@ -62,7 +62,7 @@ class Result:
                 (out / "references").mkdir(exist_ok=True)
                 for j, im in enumerate(ref_imgs):
                     path = out / "references" / f"{stem}_{j:02d}.jpg"
-                    im.convert("RGB").resize((112, 112), Image.BICUBIC).save(path, quality=90)
+                    im.convert("RGB").resize((112, 112), Image.Resampling.BICUBIC).save(path, quality=90)
                     thumbs.append(str(path.relative_to(out)))
             rows.append((self.labels[i], Image.fromarray(to_uint8(self.images[i])), Image.fromarray(rgba, "RGBA"),
                          ref_imgs))

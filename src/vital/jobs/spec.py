@@ -59,6 +59,8 @@ class ModelSpec:
         return load_model(made, device=device) if not isinstance(made, VisionModel) else made.to(device)
 
     def callable(self) -> Callable[[], Any]:
+        if self.factory is None:
+            raise VitalError("this model spec names no factory (module:function)")
         module, _, attr = self.factory.partition(":")
         try:
             obj = importlib.import_module(module)
@@ -66,6 +68,8 @@ class ModelSpec:
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
             raise VitalError(f"cannot import model factory '{self.factory}' ({e}); put its module on PYTHONPATH") from e
+        if not callable(obj):
+            raise VitalError(f"model factory '{self.factory}' is not callable; name a function that returns a model")
         return obj
 
     def import_root(self) -> str | None:

@@ -58,6 +58,7 @@ class ModelCache:
             self.acceleration = accelerate(model, speed)
             self.key, self.model = key, model
             self.builds += 1
+        assert self.model is not None and self.acceleration is not None
         return self.model, self.acceleration.report
 
     def clear(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -148,7 +149,8 @@ def _build_channels(model: VisionModel, targets: Sequence[Channel], references: 
     resolve_modules(model.module, [targets[0].layer])
     rows = layer_table(model.module, torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype))
     target_layer = _check_channels(model, targets, rows)
-    chosen = {k: getattr(opts, k) if getattr(opts, k) is not None else v for k, v in NEURON_DEFAULTS.items()}
+    chosen: dict[str, Any] = {k: getattr(opts, k) if getattr(opts, k) is not None else v
+                              for k, v in NEURON_DEFAULTS.items()}
     candidates, weights, priors = resolve_layers(model, opts)
     upstream = upstream_of(model.module, target_layer, candidates, rows=rows)
     if not upstream:

@@ -250,6 +250,11 @@ def _load_timm(name: str, weights: str | None) -> VisionModel:
                        interpolation=cfg.get("interpolation", "bilinear"), categories=cats)
 
 
+def _triple(v) -> tuple[float, float, float]:
+    a, b, c = (float(x) for x in v)
+    return a, b, c
+
+
 def load_model(
     model: str | nn.Module | VisionModel,
     weights: str | None = DEFAULT,
@@ -268,7 +273,7 @@ def load_model(
     if isinstance(model, VisionModel):
         return model.to(device)
     if isinstance(model, nn.Module):
-        vm = VisionModel(model, name or type(model).__name__.lower(), "custom", mean=tuple(mean), std=tuple(std),
+        vm = VisionModel(model, name or type(model).__name__.lower(), "custom", mean=_triple(mean), std=_triple(std),
                          size=size, resize=resize or round(size / 0.875), categories=categories)
         return vm.to(device)
     if not isinstance(model, str):

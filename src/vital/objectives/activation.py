@@ -90,7 +90,7 @@ class Activation(Term):
             self.layers = sorted({t.layer for t in self.targets})  # type: ignore[union-attr]
             self.extractor = FeatureExtractor(model.module, self.layers)
             self.index = torch.tensor([t.channel for t in self.targets], device=dev)  # type: ignore[union-attr]
-        elif all(isinstance(t, Direction) for t in self.targets) and len({t.layer for t in self.targets}) == 1:
+        elif all(isinstance(t, Direction) for t in self.targets) and len({getattr(t, "layer", None) for t in self.targets}) == 1:
             self.kind = "direction"
             self.layers = [self.targets[0].layer]  # type: ignore[union-attr]
             self.extractor = FeatureExtractor(model.module, self.layers)
@@ -125,7 +125,7 @@ class Activation(Term):
         for the life of this term)."""
         key = (views, device)
         if key not in self._rows:
-            rows = {layer: [i * views + v for i, t in enumerate(self.targets) if t.layer == layer  # type: ignore[union-attr]
+            rows = {layer: [i * views + v for i, t in enumerate(self.targets) if getattr(t, "layer", None) == layer
                             for v in range(views)] for layer in self.layers}
             self._rows[key] = {layer: torch.tensor(r, device=device) for layer, r in rows.items() if r}
         return self._rows[key]

@@ -164,7 +164,7 @@ class Alignment(Term):
                     if n in plain:
                         plain[n].add(feats[n])
                 if self.target_weight:
-                    target.add(feats[self.target_layer][:, channel].unsqueeze(1))
+                    target.add(feats[str(self.target_layer)][:, channel].unsqueeze(1))
                 count += x.shape[0]
             q[i] = {n: a.prototype() for n, a in accs.items()}
             q_plain[i] = {n: a.prototype() for n, a in plain.items()}
@@ -193,12 +193,12 @@ class Alignment(Term):
                 loss = loss + self.unweighted * w * sort_matching_loss(feats[n], per_view(self.q_plain[n]))
         if self.q_target is not None:
             f = feats[self.target_layer]  # type: ignore[index]
-            row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)  # type: ignore[index]
+            row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)
             loss = loss + self.target_weight * sort_matching_loss(row, per_view(self.q_target))
         return v.per_image(loss)
 
     def state(self) -> dict:
-        out = {"name": self.name, "layers": self.layers, "layer_weights": self.weights, "relevance": self.relevance}
+        out: dict[str, object] = {"name": self.name, "layers": self.layers, "layer_weights": self.weights, "relevance": self.relevance}
         if self.channels is not None:
             out.update(target_layer=self.target_layer, mask=self.mask, target_weight=self.target_weight,
                        unweighted=self.unweighted)

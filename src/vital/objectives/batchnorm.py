@@ -76,11 +76,13 @@ class BatchNormStats(Term):
         total = None
         for i, (mean, var) in sorted(self._stats.items()):
             bn = self.layers[i]
+            assert bn.running_mean is not None and bn.running_var is not None  # checked when the term was made
             term = (torch.linalg.vector_norm(mean - bn.running_mean.to(mean.dtype))
                     + torch.linalg.vector_norm(var - bn.running_var.to(var.dtype)))
             if i == 0:
                 term = term * self.first_multiplier
             total = term if total is None else total + term
+        assert total is not None
         return total
 
     def __call__(self, v: Views) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from vital.objectives.base import Term, Views
@@ -19,12 +21,12 @@ def _diffs(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def tv_l2(x: torch.Tensor) -> torch.Tensor:
     """Sum over the four directions of the (un-squared) Frobenius norm of the differences, per sample: (B,)."""
-    return sum(d.flatten(1).norm(dim=1) for d in _diffs(x))
+    return cast(torch.Tensor, sum(d.flatten(1).norm(dim=1) for d in _diffs(x)))
 
 
 def tv_l1(x: torch.Tensor) -> torch.Tensor:
     """Sum over the four directions of the mean absolute difference, per sample: (B,)."""
-    return sum(d.abs().flatten(1).mean(dim=1) for d in _diffs(x))
+    return cast(torch.Tensor, sum(d.abs().flatten(1).mean(dim=1) for d in _diffs(x)))
 
 
 def l2_norm(x: torch.Tensor) -> torch.Tensor:

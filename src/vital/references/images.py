@@ -35,8 +35,8 @@ WNID = re.compile(r"^n\d{8}$")
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image as RGB: grayscale, CMYK, palette and 16-bit are converted; alpha is composited on white."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as opened:
+        im: Image.Image = ImageOps.exif_transpose(opened)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -168,6 +168,7 @@ def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | 
     """References from explicit paths, or from a text file listing one path per line (duplicates dropped,
     order kept, the first `n` taken: the file's order is the ranking)."""
     _check_n(n)
+    origin: dict[str, str | None]
     if isinstance(paths, (str, os.PathLike)) and Path(paths).suffix.lower() == ".txt":
         listing = Path(paths)
         if not listing.is_file():

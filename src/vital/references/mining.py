@@ -70,10 +70,10 @@ class _Folder(Dataset):
             return torch.zeros(3, self.size, self.size), i, False, self.files[i]
 
 
-def _source(images, model: VisionModel) -> tuple[Dataset, dict[str, Any], int]:
+def _source(images, model: VisionModel) -> tuple[_Folder | ModelSpaceDataset, dict[str, Any], int]:
     """(dataset yielding (x, index, ok, name), fingerprint, input size)."""
     if isinstance(images, Dataset):
-        n = len(images)
+        n = len(images)  # type: ignore[arg-type]  # a map-style Dataset has a length
         if n == 0:
             raise VitalError("the dataset to mine is empty")
         first = ModelSpaceDataset(images)[0][0]
@@ -155,7 +155,7 @@ PATCH_RULES = ("auto", "theoretical", "effective")
 EFFECTIVE_SAMPLE = 16  # images (the first readable ones) on which the effective field is measured
 
 
-def _fields(model: VisionModel, layers: list[str], data: Dataset, size: int, patch: str
+def _fields(model: VisionModel, layers: list[str], data: _Folder | ModelSpaceDataset, size: int, patch: str
             ) -> dict[str, ReceptiveField]:
     """Each layer's receptive field; with the effective field measured where `patch` asks for it ("auto": only
     where the theoretical field covers the whole input, so that deep layers still get patches)."""
@@ -195,12 +195,13 @@ class _Pass:
     `state` = (lists per layer, images seen, unreadable files) is replaced as a whole after each batch, so an
     interruption leaves it at a batch boundary and a checkpoint never holds half a batch."""
 
-    def __init__(self, header: dict[str, Any], path: Path | None, data: Dataset, saved: dict[str, Any] | None,
+    def __init__(self, header: dict[str, Any], path: Path | None, data: _Folder | ModelSpaceDataset,
+                 saved: dict[str, Any] | None,
                  device: torch.device):
         self.header, self.path, self.data = header, path, data
         self.k, self.n_images = header["k"], header["n_images"]
         self.folder = isinstance(data, _Folder)
-        self.names = list(data.files) if self.folder else [""] * len(data)
+        self.names = list(data.files) if isinstance(data, _Folder) else [""] * len(data)
         layers = header["layers"]
         if saved is None:
             self.state: tuple[dict[str, Lists], int, list[str]] = (
@@ -304,7 +305,7 @@ def mine(
     header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs)
     path = Path(out) if out is not None else None
     saved = _open_store(path, header, resume) if path is not None else None
-    if saved is not None and saved["complete"]:
+    if path is not None and saved is not None and saved["complete"]:
         store = MiningStore.load(path, images)
     else:
         run = _Pass(header, path, data, saved, model.device)

@@ -79,14 +79,14 @@ def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
     offsets = torch.tensor([0, *[len(files) for _, _, files in loaded]]).cumsum(0).tolist()
     k, n_images = first["k"], first["n_images"]
     m = max(k, n_images)
-    lists = {}
+    lists: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for layer in first["layers"]:
         parts = [state["lists"][layer] for _, state, _ in loaded]
         scores = torch.cat([p[0] for p in parts], 1)
-        index = torch.cat([p[1] + offset for p, offset in zip(parts, offsets, strict=False)], 1)
+        image_index = torch.cat([p[1] + offset for p, offset in zip(parts, offsets, strict=False)], 1)
         boxes = torch.cat([p[2] for p in parts], 1)
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :m]
-        lists[layer] = (scores.gather(1, order), index.gather(1, order),
+        lists[layer] = (scores.gather(1, order), image_index.gather(1, order),
                         boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4)))
     root = Path(images).expanduser().resolve()
     dataset = {"kind": "folder", "root": str(root), "count": len(names),

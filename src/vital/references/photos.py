@@ -51,7 +51,7 @@ def views(image: Image.Image, n: int, seed: int = 0, scale: tuple[float, float] 
         ch = min(h, max(16, round((area / ratio) ** 0.5)))
         top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
         left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        crop = TF.crop(image, top, left, ch, cw).resize((side, side), Image.BICUBIC)
+        crop = TF.crop(image, top, left, ch, cw).resize((side, side), Image.Resampling.BICUBIC)
         if torch.rand(1, generator=gen) < 0.5:
             crop = TF.hflip(crop)
         out.append(crop)
@@ -128,6 +128,6 @@ def photo_corpus(out: str | os.PathLike, size: int = 224, seed: int = 0,
                 left = int(torch.randint(0, w - side + 1, (1,), generator=gen))
                 name = os.path.join(folder, f"{stem}_s{round(100 * fraction):03d}_{i}.png")
                 if not os.path.exists(name):
-                    crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+                    crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
                     crop.save(name)
     return folder

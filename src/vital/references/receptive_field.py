@@ -80,7 +80,7 @@ def _linear_positive(module: nn.Module) -> nn.Module:
     for name, m in list(net.named_modules()):
         if not name:
             continue
-        replacement = None
+        replacement: nn.Module | None = None
         if isinstance(m, _NORMS) or type(m).__module__ == "torch.nn.modules.activation" and not isinstance(
                 m, nn.MultiheadAttention):
             replacement = nn.Identity()
@@ -126,7 +126,7 @@ def receptive_field(module: nn.Module, layer: str, size: int = 224) -> Receptive
                              "receptive fields and patches need a convolutional layer")
         hl, wl = out.shape[2] - 1, out.shape[3] - 1
         units = [(0, 0), (min(1, hl), min(1, wl)), (hl, wl)]
-        total = sum(out[b, :, h, w].sum() for b, (h, w) in enumerate(units))
+        total = torch.stack([out[b, :, h, w].sum() for b, (h, w) in enumerate(units)]).sum()
         (grad,) = torch.autograd.grad(total, x)
         first, second, last = (_support(grad[b]) for b in range(3))
         if all(first[a][1] == s - 1 and last[a][0] == 0 for a in (0, 1)):

@@ -52,16 +52,19 @@ class ReferenceSpec:
         """One reference set per target (a shared folder is one object, loaded once per run)."""
         if self.source == "none":
             return [None] * len(targets)
+        if self.source in ("folder", "store", "class-folder") and self.path is None:
+            raise VitalError(f"a {self.source} reference rule needs a path")
+        path = str(self.path)
         if self.source == "folder":
-            return [from_folder(self.path, n=self.n, seed=seed)] * len(targets)
+            return [from_folder(path, n=self.n, seed=seed)] * len(targets)
         if self.source == "store":
             from vital.references.mining import MiningStore
 
-            store = MiningStore.load(self.path)
+            store = MiningStore.load(path)
             return [store.references(t.layer, t.channel, self.kind, self.n) if isinstance(t, Channel)
                     else self._not_for(t) for t in targets]
         if self.source == "class-folder":
-            return [from_class_folder(self.path, t.index, n=self.n, seed=seed) if isinstance(t, Class)
+            return [from_class_folder(path, t.index, n=self.n, seed=seed) if isinstance(t, Class)
                     else self._not_for(t) for t in targets]
         from vital.references.photos import photo_references
 

@@ -46,7 +46,7 @@ class ModelSpaceDataset(Dataset):
         self.data = data
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.data)  # type: ignore[arg-type]  # a map-style Dataset has a length
 
     def __getitem__(self, i: int):
         item = self.data[i]
@@ -176,9 +176,10 @@ class MiningStore:
         from the preprocessed image and resized to the model's input size."""
         if kind not in ("images", "patches"):
             raise VitalError(f"unknown reference kind '{kind}'; use 'images' or 'patches'")
-        made = {"source": f"{self.path or 'mining store'}:{layer}:{channel}:{kind}", "requested": n,
-                "origin": {"kind": "mined", "store": str(Path(self.path).resolve()) if self.path else None,
-                           "layer": layer, "channel": channel, "ref_kind": kind, "n": n}}
+        made: dict[str, Any] = {
+            "source": f"{self.path or 'mining store'}:{layer}:{channel}:{kind}", "requested": n,
+            "origin": {"kind": "mined", "store": str(Path(self.path).resolve()) if self.path else None,
+                       "layer": layer, "channel": channel, "ref_kind": kind, "n": n}}
         if kind == "patches":
             return ReferenceSet(images=self._patches(layer, channel, n), **made)
         names = [name for name, _ in self.top_images(layer, channel)][:n]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +36,7 @@ class Unsupported(Step):
                           f"{SUPPORTED}. Use relevance='guided-backprop' (or 'none') for this model.")
 
 
-LeafRule = Callable[[str, nn.Module], Step]
+LeafRule = Callable[[str, Any], Step]  # modules are duck-typed: a rule reads the attributes it needs
 Builder = Callable[["Chain", str, nn.Module], None]
 
 
@@ -72,23 +73,23 @@ def join(prefix: str, name: str) -> str:
 
 def keeps_forward(m: nn.Module, base: type) -> bool:
     """`m` is a `base` whose forward is `base`'s own (a subclass with another forward gets no rule of `base`)."""
-    return isinstance(m, base) and type(m).forward is base.forward
+    return isinstance(m, base) and getattr(type(m), "forward", None) is getattr(base, "forward", None)
 
 
-def _conv(name: str, m: nn.Module) -> Step:
+def _conv(name: str, m: Any) -> Step:
     if m.padding_mode != "zeros":
         raise VitalError(f"LRP has no rule for Conv2d with padding_mode='{m.padding_mode}' (layer '{name}'); "
                          "use relevance='guided-backprop' for this model")
     return Conv(name, m)
 
 
-def _max_pool(name: str, m: nn.Module) -> Step:
+def _max_pool(name: str, m: Any) -> Step:
     if m.return_indices or m.dilation not in (1, (1, 1)):
         raise VitalError(f"LRP has no rule for MaxPool2d with indices or dilation (layer '{name}')")
     return Pool(name, m, m.kernel_size, m.stride, m.padding, m.ceil_mode)
 
 
-def _flatten(name: str, m: nn.Module) -> Step:
+def _flatten(name: str, m: Any) -> Step:
     if (m.start_dim, m.end_dim) != (1, -1):
         raise VitalError(f"LRP has no rule for Flatten({m.start_dim}, {m.end_dim}) (layer '{name}')")
     return Flatten(name)

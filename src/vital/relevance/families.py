@@ -10,6 +10,7 @@ where present, is a constant factor for relevance).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from vital.relevance.chains import Builder, Chain, LeafRule, add_block, expand, 
 from vital.relevance.rules import AdaptivePool, Conv, Flatten, Pass, Step
 
 
-def _resnet_block(chain: Chain, name: str, m: nn.Module) -> None:
+def _resnet_block(chain: Chain, name: str, m: Any) -> None:
     if isinstance(m, resnet.Bottleneck):
         order = ["conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"]
     else:
@@ -31,21 +32,21 @@ def _resnet_block(chain: Chain, name: str, m: nn.Module) -> None:
     add_block(chain, name, Residual(name, branch, shortcut, steps_of(chain, name, [("relu", m.relu)])))
 
 
-def _resnet(chain: Chain, name: str, m: nn.Module) -> None:
+def _resnet(chain: Chain, name: str, m: Any) -> None:
     for child in ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]:
         expand(chain, join(name, child), getattr(m, child))
     chain.add(Flatten(), None)
     expand(chain, join(name, "fc"), m.fc)
 
 
-def _vgg(chain: Chain, name: str, m: nn.Module) -> None:
+def _vgg(chain: Chain, name: str, m: Any) -> None:
     expand(chain, join(name, "features"), m.features)
     expand(chain, join(name, "avgpool"), m.avgpool)
     chain.add(Flatten(), None)
     expand(chain, join(name, "classifier"), m.classifier)
 
 
-def _densenet(chain: Chain, name: str, m: nn.Module) -> None:
+def _densenet(chain: Chain, name: str, m: Any) -> None:
     expand(chain, join(name, "features"), m.features)
     chain.add(Pass(None, F.relu, True), None)
     chain.add(AdaptivePool(None, (1, 1)), None)
@@ -53,20 +54,20 @@ def _densenet(chain: Chain, name: str, m: nn.Module) -> None:
     expand(chain, join(name, "classifier"), m.classifier)
 
 
-def _dense_block(chain: Chain, name: str, m: nn.Module) -> None:
+def _dense_block(chain: Chain, name: str, m: Any) -> None:
     order = ["norm1", "relu1", "conv1", "norm2", "relu2", "conv2"]  # _DenseLayer.forward; its dropout is train-only
     layers = [steps_of(chain, join(name, ln), [(c, getattr(layer, c)) for c in order]) for ln, layer in m.items()]
     add_block(chain, name, DenseBlock(name, layers))
 
 
-def _mobilenet_v2(chain: Chain, name: str, m: nn.Module) -> None:
+def _mobilenet_v2(chain: Chain, name: str, m: Any) -> None:
     expand(chain, join(name, "features"), m.features)
     chain.add(AdaptivePool(None, (1, 1)), None)
     chain.add(Flatten(), None)
     expand(chain, join(name, "classifier"), m.classifier)
 
 
-def _inverted_residual(chain: Chain, name: str, m: nn.Module) -> None:
+def _inverted_residual(chain: Chain, name: str, m: Any) -> None:
     if m.use_res_connect:
         add_block(chain, name, Residual(name, steps_of(chain, name, [("conv", m.conv)]), [], []))
     else:
@@ -94,12 +95,12 @@ except ImportError:  # optional family
     _lite_model = _lite_utils = None
 
 
-def _lite_conv(name: str, m: nn.Module) -> Step:
+def _lite_conv(name: str, m: Any) -> Step:
     pad = m.static_padding.padding if isinstance(m.static_padding, nn.ZeroPad2d) else None
     return Conv(name, m, pre_pad=pad)
 
 
-def _se_gate(block: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _se_gate(block: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """MBConvBlock's squeeze-and-excitation as a function of x; the gate is a constant factor for relevance."""
 
     def gate(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +110,7 @@ def _se_gate(block: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return gate
 
 
-def _mbconv(chain: Chain, name: str, m: nn.Module) -> None:
+def _mbconv(chain: Chain, name: str, m: Any) -> None:
     sub = []
     if m._block_args.expand_ratio != 1:
         sub += steps_of(chain, name, [("_expand_conv", m._expand_conv), ("_bn0", m._bn0), ("_swish", m._swish)])
@@ -125,7 +126,7 @@ def _mbconv(chain: Chain, name: str, m: nn.Module) -> None:
         add_block(chain, name, Serial(name, sub))
 
 
-def _efficientnet(chain: Chain, name: str, m: nn.Module) -> None:
+def _efficientnet(chain: Chain, name: str, m: Any) -> None:
     for child in ["_conv_stem", "_bn0", "_swish"]:
         expand(chain, join(name, child), getattr(m, child))
     for i, block in enumerate(m._blocks):

@@ -40,8 +40,9 @@ def _locate(chain: Chain, index: dict[str, int], modules: dict[str, nn.Module], 
     block = next((b for b in chain.blocks if not b or name.startswith(b + ".")), None)
     if guided:
         return None
-    if block is not None and isinstance(chain.blocks[block], Unsupported):
-        raise chain.blocks[block].error()
+    unsupported = chain.blocks.get(block) if block is not None else None
+    if isinstance(unsupported, Unsupported):
+        raise unsupported.error()
     if block is not None:
         raise VitalError(f"{what} '{name}' is inside block '{block}', whose relevance is computed as a whole: "
                          f"use '{block}' instead")
@@ -85,16 +86,18 @@ class RelevanceEngine:
             tname = chain.names[target][0] if target is not None else target_layer
             self._guided_target = (target_layer, self._modules[tname])
             return
+        assert target is not None and all(i is not None for i in positions.values())  # only guided gets None
         self.steps = chain.steps[:target + 1]
         bad = [s for s in self.steps if isinstance(s, Unsupported)]
         if bad:
             raise bad[0].error()
         propagate_chain(self.steps, False)
         self.folded = configure(self.steps, eps, fold_batchnorm, conserve)
-        self.target_index = target
-        self.stop = min(positions.values())
+        self.target_index: int = target
+        at = {n: int(i) for n, i in positions.items() if i is not None}
+        self.stop: int = min(at.values())
         self.capture: dict[int, list[str]] = {}
-        for n, i in positions.items():
+        for n, i in at.items():
             self.capture.setdefault(i, []).append(n)
 
     def _check_mode(self) -> None:

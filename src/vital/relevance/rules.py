@@ -100,6 +100,7 @@ def _version(t: torch.Tensor | None) -> tuple | None:
 
 def batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """gamma / sqrt(running_var + eps) per channel: the factor a following BatchNorm applies to a conv's output."""
+    assert bn.running_var is not None  # chains fold only BatchNorms with running statistics
     var = bn.running_var.detach()
     scale = torch.rsqrt(var + bn.eps)
     return scale * bn.weight.detach() if bn.weight is not None else scale
@@ -108,6 +109,7 @@ def batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of one convolution equal to bn(conv(x)) in eval mode (the canonization zennit applies)."""
     scale = batchnorm_scale(bn)
+    assert bn.running_mean is not None
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
     shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
     return conv.weight.detach() * scale.view(-1, 1, 1, 1), (bias - bn.running_mean.detach()) * scale + shift
@@ -118,14 +120,18 @@ class _PosNeg:
     With a BatchNorm folded in (`bn`), W is the folded weight and no bias is kept: the folded bias is a constant
     shift that the z+ rule would let absorb relevance, and the rule is to conserve it."""
 
-    def __init__(self, layer: nn.Module, keep_bias: bool):
+    def __init__(self, layer: nn.Conv2d | nn.Linear, keep_bias: bool):
         self.layer, self.keep_bias = layer, keep_bias
         self.bn: nn.modules.batchnorm._BatchNorm | None = None
         self.key: tuple | None = None
-        self.wp = self.wn = self.bp = self.w2 = None
+        self.wp = self.w2 = torch.empty(0)
+        self.wn: torch.Tensor | None = None
+        self.bp: torch.Tensor | None = None
 
     def get(self, need_neg: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        w, b, bn = self.layer.weight, self.layer.bias, self.bn
+        w: torch.Tensor = self.layer.weight
+        b: torch.Tensor | None = self.layer.bias
+        bn = self.bn
         key = (_version(w), _version(b), need_neg) + (() if bn is None else (
             _version(bn.weight), _version(bn.running_var)))
         if key != self.key:
@@ -183,14 +189,17 @@ class Conv(Step):
                 and tuple(size) == tuple(s.shape[-2:])):
             # a 1x1 transposed convolution is a matrix product; torch's conv_transpose2d takes a slow path for it
             return torch.einsum("bohw,oi->bihw", s, w[:, :, 0, 0])
-        extra = [size[i] - ((s.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+        extra = [size[i] - ((s.shape[2 + i] - 1) * self.stride[i] - 2 * int(self.padding[i])
                             + self.dilation[i] * (k[i] - 1) + 1) for i in range(2)]
-        return F.conv_transpose2d(s, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
+        return F.conv_transpose2d(s, w, None, self.stride, self.padding, extra, self.groups,  # type: ignore[arg-type]
+                                  self.dilation)  # (padding is a tuple of ints here: strings made explicit above)
 
     def relevance(self, r, a):
         wp, wn, bp = self.params.get(self.signed)
         size = a.shape[-2:]
+        r_flat = None
         if self.signed:
+            assert wn is not None
             ap, an = a.clamp(min=0), a.clamp(max=0)
             z = self._conv(ap, wp, bp) + self._conv(an, wn, None)
         else:
@@ -202,7 +211,7 @@ class Conv(Step):
             rin = ap * self._adjoint(s, wp, size) + an * self._adjoint(s, wn, size)
         else:
             rin = a * self._adjoint(s, wp, size)
-        if self.fallback and r_flat is not None:
+        if r_flat is not None:
             rin = rin + self._w_square(r_flat, a)
         return crop(rin, self.pre_pad) if self.pre_pad else rin
 
