@@ -2,8 +2,10 @@
 
 Prints, per model at its input size and batch 1: mean VITAL class step time / mean bare forward+backward time of
 the same model and batch (target on CPU: <= 1.3), the throughput of one batch of 8 classes against 8 single runs
-(target: > 1.5x), the intermediate-neuron step (LRP-weighted, deepest preset stage) / bare forward+backward
-(target: <= 2.5), and mining throughput / bare forward throughput over the same images (target: >= 0.7).
+(target: > 1.5x), the intermediate-neuron step (VITAL's channel defaults: relevance-weighted references, no
+relevance pass per step; target at the deepest preset stage) / bare forward+backward, the same with the authors'
+per-step LRP mask (mask "multiply": one relevance pass per step; target <= 2.0), and mining throughput / bare
+forward throughput over the same images (target: >= 0.7).
 Measurements are interleaved and repeated; medians are reported.
 Usage: python bench/step_time.py [--models efficientnet_lite0,resnet50] [--steps 10] [--device cpu]
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vital.methods import RunOptions, build_recipe
+from vital.methods.vital import VitalOptions
 from vital.models import load_model
 from vital.models.presets import preset_for
 from vital.optimize import optimize
@@ -48,17 +51,21 @@ def bare_step(model, batch: int, reps: int) -> float:
     return statistics.median(times[2:])
 
 
+def _step(recipe) -> float:
+    with recipe:
+        return optimize(recipe.param, recipe.objective, recipe.settings).step_seconds
+
+
 def vital_step(model, classes: list[int], refs: dict, steps: int) -> float:
-    recipe = build_recipe("vital", model, [Class(k) for k in classes], [refs[k] for k in classes],
-                          RunOptions(steps=steps + 3, warmup=1, progress=False))
-    recipe.settings.progress = False
-    return optimize(recipe.param, recipe.objective, recipe.settings).step_seconds
+    return _step(build_recipe("vital", model, [Class(k) for k in classes], [refs[k] for k in classes],
+                              RunOptions(steps=steps + 3, warmup=1, progress=False)))
 
 
-def neuron_step(model, layer: str, refs, steps: int) -> float:
-    recipe = build_recipe("vital", model, [Channel(layer, 0)], [refs], RunOptions(steps=steps + 3, warmup=1,
-                                                                                progress=False))
-    return optimize(recipe.param, recipe.objective, recipe.settings).step_seconds
+def neuron_step(model, layer: str, refs, steps: int, mask: str = "reference") -> float:
+    """One channel at `layer` with VITAL's channel defaults; mask "multiply" adds the LRP pass of every step."""
+    return _step(build_recipe("vital", model, [Channel(layer, 0)], [refs], RunOptions(steps=steps + 3, warmup=1,
+                                                                                    progress=False),
+                              VitalOptions(mask=mask)))
 
 
 def mining_ratio(model, layer: str, folder: Path, batch: int = 8) -> tuple[float, float]:
@@ -119,25 +126,26 @@ def main() -> None:
     print(f"device: {name_dev}; torch {torch.__version__}")
     warnings.simplefilter("ignore")
     print("| model | bare fwd+bwd (ms) | class step (ms) | class/bare | batch-8 step (ms) | batch-8 vs 8 single "
-          "| bare batch-8 vs 8 single (ceiling) | neuron target | neuron step (ms) | neuron/bare | mining img/s "
-          "| bare fwd img/s | mining/bare |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| bare batch-8 vs 8 single (ceiling) | neuron target | neuron step (ms) | neuron/bare "
+          "| neuron step, LRP each step (ms) | LRP-step/bare | mining img/s | bare fwd img/s | mining/bare |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models.split(","):
         model = load_model(name, weights="default" if name.startswith("efficientnet_lite") else None, device=dev)
         layers = preset_for(name, model.module, model.size).layers
         target = layers[-1]
-        bare, bare8, single, batch8, neuron = [], [], [], [], []
+        bare, bare8, single, batch8, neuron, lrp = [], [], [], [], [], []
         for _ in range(a.rounds):  # interleaved, so drifting machine load hits all alike
             bare.append(bare_step(model, 1, a.steps))
             bare8.append(bare_step(model, 8, max(2, a.steps // 2)))
             single.append(vital_step(model, classes[:1], refs, a.steps))
             batch8.append(vital_step(model, classes, refs, a.steps))
             neuron.append(neuron_step(model, target, refs[classes[0]], a.steps))
-        b, bb8, s, b8, n = (statistics.median(v) for v in (bare, bare8, single, batch8, neuron))
+            lrp.append(neuron_step(model, target, refs[classes[0]], a.steps, mask="multiply"))
+        b, bb8, s, b8, n, nl = (statistics.median(v) for v in (bare, bare8, single, batch8, neuron, lrp))
         mined, fwd = mining_ratio(model, layers[-2], Path(a.images))
         print(f"| {name} ({model.weights_id}) | {1e3 * b:.1f} | {1e3 * s:.1f} | {s / b:.2f} | {1e3 * b8:.1f} "
-              f"| {8 * s / b8:.2f}x | {8 * b / bb8:.2f}x | {target} | {1e3 * n:.1f} | {n / b:.2f} | {mined:.1f} | {fwd:.1f} "
-              f"| {mined / fwd:.2f} |")
+              f"| {8 * s / b8:.2f}x | {8 * b / bb8:.2f}x | {target} | {1e3 * n:.1f} | {n / b:.2f} | {1e3 * nl:.1f} "
+              f"| {nl / b:.2f} | {mined:.1f} | {fwd:.1f} | {mined / fwd:.2f} |")
 
 
 if __name__ == "__main__":
