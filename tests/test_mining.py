@@ -226,9 +226,9 @@ def test_references_and_grid(folder, tmp_path):
         # column 4 of every row is padding: only k=3 patches exist
         assert np.asarray(im)[:, 48:].max() == 128 == np.asarray(im)[:, 48:].min()
 
-    refs = store.references("5", 2)
+    refs = store.references("5", 2, kind="images")
     assert [p.relative_to(folder).as_posix() for p in refs.files] == [f for f, _ in store.top_images("5", 2)]
-    assert len(refs) == 5 and len(store.references("5", 2, n=2)) == 2
+    assert len(refs) == 5 and len(store.references("5", 2, "images", n=2)) == 2
     patches = store.references("5", 2, kind="patches")
     assert len(patches.images) == 3
     for (name, crop), (file, _, (left, top, right, bottom)) in zip(patches.images, store.top_patches("5", 2),

@@ -77,7 +77,7 @@ def _refs(a: argparse.Namespace, targets: list, classes: bool) -> list:
     from vital.references.spec import ReferenceSpec
 
     spec = ReferenceSpec.from_flag(a.refs, getattr(a, "refs_flat", False), classes, a.n,
-                                   getattr(a, "ref_kind", "images"))
+                                   getattr(a, "ref_kind", "patches"))
     return spec.resolve(targets, seed=a.seed)
 
 
@@ -245,8 +245,8 @@ def _add_neuron(sub) -> None:
                                                         "layers MODEL`)")
     ne.add_argument("--refs", required=True, help="a store written by `vital mine`, or a folder of the neuron's "
                                                   "top images")
-    ne.add_argument("--ref-kind", default="images", choices=("images", "patches"),
-                    help="from a store: whole top images (the paper) or top patches")
+    ne.add_argument("--ref-kind", default="patches", choices=("images", "patches"),
+                    help="from a store: the top patches, cropped and resized (the paper; default) or whole images")
     ne.add_argument("-n", type=int, default=50, help="references per channel (default 50)")
     from vital.methods.vital import PARAMS
     from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS

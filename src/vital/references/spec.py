@@ -21,7 +21,7 @@ class ReferenceSpec:
     source: str = "none"
     path: str | None = None
     n: int = 50
-    kind: str = "images"
+    kind: str = "patches"  # from a store; the paper crops the top-k patches (bench/RESULTS.md: better KID)
 
     def __post_init__(self) -> None:
         if self.source not in REFERENCE_SOURCES:
@@ -45,7 +45,7 @@ class ReferenceSpec:
 
     @classmethod
     def from_flag(cls, refs: str, flat: bool = False, classes: bool = True, n: int = 50,
-                  kind: str = "images") -> ReferenceSpec:
+                  kind: str = "patches") -> ReferenceSpec:
         return cls(**cls.flag_fields(refs, flat, classes), n=n, kind=kind)
 
     def resolve(self, targets: Sequence[Target], seed: int = 0) -> list[ReferenceSet | None]:

@@ -171,9 +171,9 @@ class MiningStore:
         x01 = (x.cpu() * std + mean).clamp(0, 1)
         return Image.fromarray((x01 * 255).round().byte().permute(1, 2, 0).numpy())
 
-    def references(self, layer: str, channel: int, kind: str = "images", n: int | None = None) -> ReferenceSet:
-        """The channel's references, best first: whole images (files when they exist on disk) or patches cropped
-        from the preprocessed image and resized to the model's input size."""
+    def references(self, layer: str, channel: int, kind: str = "patches", n: int | None = None) -> ReferenceSet:
+        """The channel's references, best first: patches cropped from the preprocessed image and resized to the
+        model's input size (the paper's reference set, the default), or whole images (files when they exist)."""
         if kind not in ("images", "patches"):
             raise VitalError(f"unknown reference kind '{kind}'; use 'images' or 'patches'")
         made: dict[str, Any] = {
