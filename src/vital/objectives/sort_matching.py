@@ -92,10 +92,16 @@ def sort_matching_loss(s: torch.Tensor, q: torch.Tensor, channel_weights: torch.
 
     s: synthetic features (B, C, P); q: sorted prototypes (B, C, P) or (C, P), one per sample;
     channel_weights: optional (B, C) weights w_c (relevance importance); the loss is (1/CP) sum_c w_c sum_p E[c, p]."""
-    if s.shape[-1] != q.shape[-1]:
-        raise ValueError(f"synthetic and reference features differ in positions: {s.shape[-1]} vs {q.shape[-1]}; "
-                         "the references must be encoded at the same resolution")
-    err = (sort_last(s) - q).square()
+    return sorted_matching_loss(sort_last(s), q, channel_weights)
+
+
+def sorted_matching_loss(s_sorted: torch.Tensor, q: torch.Tensor,
+                         channel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`sort_matching_loss` of features already sorted by `sort_last`: one sort serves several prototypes."""
+    if s_sorted.shape[-1] != q.shape[-1]:
+        raise ValueError(f"synthetic and reference features differ in positions: {s_sorted.shape[-1]} vs "
+                         f"{q.shape[-1]}; the references must be encoded at the same resolution")
+    err = (s_sorted - q).square()
     if channel_weights is not None:
         err = err * channel_weights.unsqueeze(-1)
     return err.mean(dim=(1, 2))
