@@ -56,4 +56,4 @@ def test_layer_table_lists_shapes_in_execution_order(tiny_model):
     rows = layer_table(tiny_model.module, torch.zeros(1, 3, 32, 32))
     names = [r[0] for r in rows]
     assert names.index("stem") < names.index("stage1") < names.index("fc")
-    assert dict((n, s) for n, _, s in rows)["stage2"] == (1, 16, 8, 8)
+    assert {r.name: r.shape for r in rows}["stage2"] == (1, 16, 8, 8)

@@ -33,17 +33,17 @@ def test_generic_rule_stem_and_stage_ends():
     assert stage_ends(resnet18, 64) == ["conv1", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
     vgg = torchvision.models.vgg11(weights=None).eval()
     ends = stage_ends(vgg, 64)
-    # stem, then the last module at each resolution 64, 32, 16, 8, 4, 2; the 7x7 adaptive pool is not a stage
-    assert ends == ["features.0", "features.1", "features.4", "features.9", "features.14", "features.19",
-                    "features.20"]
+    # stem, then the last module at each resolution 32, 16, 8, 4, 2; the 7x7 adaptive pool is not a stage, nor is
+    # features.1, the stem's own output changed in place by ReLU(inplace=True): it would match the stem twice
+    assert ends == ["features.0", "features.4", "features.9", "features.14", "features.19", "features.20"]
 
 
 def test_lite_preset_derived_from_the_model(lite0):
-    p = preset_for("efficientnet_lite0", lite0.module)
+    p = preset_for(lite0.module)
     assert p.layers == ("_conv_stem", "_blocks.0", "_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15")
     assert p.layer_weights == (1.0,) * 6
 
 
 def test_unknown_model_gets_generic_preset(tiny_model):
-    p = preset_for("tiny", tiny_model.module, 32)
+    p = preset_for(tiny_model.module, 32)
     assert p.layers[0] == "stem" and p.source == "generic" and p.tv_l2 == 0

@@ -69,7 +69,7 @@ def test_global_gate_and_non_spatial_layer():
     net = nn.Sequential(Gate(), nn.Flatten(), nn.Linear(4 * 16 * 16, 2))
     rf = receptive_field(net, "0", 16)
     assert rf.is_global and rf.patch_size(16) == (16, 16)
-    with pytest.raises(VitalError, match="not a \\(C, H, W\\) map"):
+    with pytest.raises(VitalError, match="outputs vectors of shape \\(1024,\\), not a map"):
         receptive_field(net, "1", 16)
 
 

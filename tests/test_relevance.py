@@ -37,7 +37,7 @@ def _lite(name: str, size: int) -> nn.Module:
 
 def _active_channels(model: nn.Module, target: str, x: torch.Tensor) -> torch.Tensor:
     """A channel with a large activation for each sample, different between samples."""
-    a = FeatureExtractor(model, [target], raw=True)(x)[target].clamp(min=0)
+    a = FeatureExtractor(model, [target], view="raw")(x)[target].clamp(min=0)
     a = a.reshape(*a.shape[:2], -1).sum(2)
     chosen: list[int] = []
     for b in range(len(x)):
@@ -46,7 +46,7 @@ def _active_channels(model: nn.Module, target: str, x: torch.Tensor) -> torch.Te
 
 
 def _start_totals(model, target, x, ch) -> torch.Tensor:
-    a = FeatureExtractor(model, [target], raw=True)(x)[target]
+    a = FeatureExtractor(model, [target], view="raw")(x)[target]
     return a[torch.arange(x.shape[0]), ch].clamp(min=0).reshape(x.shape[0], -1).sum(1)
 
 
@@ -280,7 +280,7 @@ def test_family(family):
     assert ch[0] != ch[1]
     engine = RelevanceEngine(model, target, layers, eps=TINY_EPS)
     out = engine(x, ch)
-    shapes = {k: v.shape for k, v in FeatureExtractor(model, layers, raw=True)(x).items()}
+    shapes = {k: v.shape for k, v in FeatureExtractor(model, layers, view="raw")(x).items()}
     total = _start_totals(model, target, x, ch)
     assert (total > 0).all()
     for name in layers:
@@ -307,7 +307,7 @@ def test_real_efficientnet_lite0_runs_in_batch():
     layers = ["_blocks.12", "_blocks.6", "_blocks.2", "_conv_stem"]
     engine = RelevanceEngine(model, "_blocks.13", layers)
     out = engine(x, torch.tensor([5, 17, 100]))
-    shapes = {k: v.shape for k, v in FeatureExtractor(model, layers, raw=True)(x).items()}
+    shapes = {k: v.shape for k, v in FeatureExtractor(model, layers, view="raw")(x).items()}
     for name in layers:
         assert out[name].shape == shapes[name]
         assert torch.isfinite(out[name]).all() and (out[name] >= 0).all()
@@ -362,16 +362,22 @@ def test_layer_downstream_of_target(resnet):
         RelevanceEngine(resnet, "layer2", ["layer1", "layer3"])
 
 
-def test_layer_inside_a_block(resnet):
-    with pytest.raises(VitalError, match="inside block 'layer1.0'.*use 'layer1.0'"):
-        RelevanceEngine(resnet, "layer3", ["layer1.0.conv2"])
+def test_layer_inside_a_block_falls_back_to_the_modified_gradient(resnet):
+    """The chain computes a residual block as a whole; a layer inside one gets the modified-gradient rules, said."""
+    with pytest.warns(UserWarning, match="modified-gradient LRP rules.*inside block 'layer1.0'"):
+        engine = RelevanceEngine(resnet, "layer3", ["layer1.0.conv2"])
+    assert engine.backend == "modified-gradient"
+    out = engine(torch.randn(2, 3, 32, 32), 5)["layer1.0.conv2"]
+    assert out.shape == (2, 64, 8, 8) and out.min() >= 0 and out.sum() > 0
 
 
 def test_layers_after_the_target_are_refused(resnet):
     with pytest.raises(VitalError, match="comes after the target layer"):
         RelevanceEngine(resnet, "layer2.1", ["conv1", "layer3"])
-    with pytest.raises(VitalError, match="inside block"):
-        RelevanceEngine(resnet, "layer3", ["layer1.0.bn1"])
+    with pytest.warns(UserWarning):
+        engine = RelevanceEngine(resnet, "layer1.0.conv1", ["layer2.0.conv1"])
+    with pytest.raises(VitalError, match="'layer2.0.conv1' comes after the target layer 'layer1.0.conv1'"):
+        engine(torch.randn(1, 3, 32, 32), 0)
 
 
 def test_channel_out_of_range(resnet):
@@ -385,13 +391,18 @@ def test_channel_out_of_range(resnet):
         engine(x, torch.tensor([0, 1, 2]))
 
 
-def test_module_without_rule():
+def test_module_without_rule_and_guided_backprop_without_relus():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 3)).eval()
-    with pytest.raises(VitalError, match="no rule for module type 'GELU'.*guided-backprop"):
-        RelevanceEngine(net, "2", ["0"])
-    RelevanceEngine(net, "0", ["0"])  # upstream of the GELU: fine
-    out = RelevanceEngine(net, "2", ["0"], method="guided-backprop")(torch.randn(1, 3, 9, 9), 1)
-    assert out["0"].shape == (1, 4, 7, 7)
+    with pytest.warns(UserWarning, match="no rule for module type 'GELU'"):
+        engine = RelevanceEngine(net, "2", ["0"])
+    assert engine.backend == "modified-gradient"
+    assert RelevanceEngine(net, "0", ["0"]).backend == "chain"  # upstream of the GELU
+    assert engine(torch.randn(1, 3, 9, 9), 1)["0"].shape == (1, 4, 7, 7)
+    with pytest.raises(VitalError, match="guided backprop needs a ReLU network.*GELU; use relevance='lrp' or 'none'"):
+        RelevanceEngine(net, "2", ["0"], method="guided-backprop")
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)).eval()
+    with pytest.raises(VitalError, match="no nn.ReLU modules"):
+        RelevanceEngine(plain, "1", ["0"], method="guided-backprop")
 
 
 def test_unknown_method_and_training_mode(resnet):
@@ -412,7 +423,7 @@ def test_restricted_starts_from_the_most_aligned_unit():
     ch = torch.tensor([3, 9])
     out = RelevanceEngine(model, "layer2", ["layer2", "layer1"], method="lrp-restricted")(x, ch)
     with torch.no_grad():
-        a = FeatureExtractor(model, ["layer2"], raw=True)(x)["layer2"]
+        a = FeatureExtractor(model, ["layer2"], view="raw")(x)["layer2"]
     for b in range(2):
         best, where = -1.0, None
         for h in range(a.shape[2]):
@@ -477,7 +488,7 @@ def test_shared_forward_gives_the_model_features_and_the_same_relevance(resnet, 
     engine = RelevanceEngine(resnet, "layer3.1", layers, method)
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     feats, rel = engine.features_and_relevance(x, torch.tensor([3, 11]))
-    ref = FeatureExtractor(resnet, layers, raw=True)(x)
+    ref = FeatureExtractor(resnet, layers, view="raw")(x)
     separate = engine(x, torch.tensor([3, 11]))
     for n in layers:
         assert torch.allclose(feats[n], ref[n], atol=1e-5) and torch.allclose(rel[n], separate[n], atol=1e-6)

@@ -207,10 +207,11 @@ def cmd_layers(a: argparse.Namespace) -> int:
     model = load_model(a.model, a.weights)
     x = torch.zeros(1, 3, model.size, model.size)
     rows = layer_table(model.module, x)
-    width = max(len(n) for n, _, _ in rows)
-    for name, kind, shape in rows:
-        if a.all or kind not in ("ReLU", "ReLU6", "SiLU", "Identity", "Dropout", "ZeroPad2d"):
-            print(f"{name:<{width}}  {kind:<24} {tuple(shape)}")
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        if a.all or r.kind not in ("ReLU", "ReLU6", "SiLU", "GELU", "Identity", "Dropout", "ZeroPad2d"):
+            print(f"{r.name:<{width}}  {r.kind:<24} {str(tuple(r.shape)):<20} {r.channels:>5} channels "
+                  f"({r.layout.value})")
     return 0
 
 
@@ -359,10 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """Notes and warnings as one line each, without the source line that Python's format adds."""
+    return f"note: {message}\n" if category is UserWarning else f"{category.__name__}: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    warnings.formatwarning = _one_line
     try:
         return args.func(args)
     except VitalError as e:

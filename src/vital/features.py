@@ -1,33 +1,39 @@
 """Capture named layer outputs in one forward that stops after the deepest of them.
 
-Every captured output is returned as (B, C, P): C channels by P positions. A 4-D map (B, C, H, W) gives P = H*W;
-a token sequence (B, T, D), as a ViT encoder layer emits it, gives D channels by T token positions (CLS included);
-a vector (B, C) gives P = 1.
+Outputs are returned in one of the views of `vital.layout`, by each layer's own layout: "positions" (B, C, P):
+C channels by P positions (a channels-first or channels-last map gives P = H*W; a ViT token sequence (B, T, D)
+gives D channels by T tokens, class token included; a vector gives P = 1); "map" (B, C, H, W); or "raw" (as the
+layer returned it). A captured output is never one that a later in-place operation (VGG's ReLU(inplace=True))
+overwrites: in a model with in-place modules, the forward goes on with a copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.layout import Layout, LayoutProbe, channel_count, from_shape, to_map, to_positions
 
 
 class _Stop(Exception):
     """Raised by the hook of the deepest layer so that nothing after it runs."""
 
 
-def as_channels_by_positions(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, HW); (B, T, D) -> (B, D, T); (B, C) -> (B, C, 1)."""
-    if t.dim() == 4:
-        return t.flatten(2)
-    if t.dim() == 3:
-        return t.transpose(1, 2)
-    if t.dim() == 2:
-        return t.unsqueeze(-1)
-    raise VitalError(f"cannot read a layer output of shape {tuple(t.shape)} as channels x positions")
+VIEWS = ("positions", "map", "raw")
+
+
+def as_channels_by_positions(t: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
+    """(B, C, P) view of a layer output in `layout` (None: read off the shape, channels-first when it cannot tell)."""
+    return to_positions(t, layout or from_shape(tuple(t.shape)) or Layout.CHANNELS_FIRST)
+
+
+def has_inplace(model: nn.Module) -> bool:
+    """Whether some module of `model` overwrites its input (ReLU(inplace=True) and the like)."""
+    return any(getattr(m, "inplace", False) is True for m in model.modules())
 
 
 def resolve_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -43,33 +49,47 @@ def resolve_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modu
 
 
 class FeatureExtractor:
-    """Runs `model` on a batch and returns the outputs of `layers` as (B, C, P) tensors, skipping everything after
-    the last of them to execute. With `raw=True` the outputs keep their original shapes."""
+    """Runs `model` on a batch and returns the outputs of `layers` in `view` ("positions", "map" or "raw"; see the
+    module docstring), skipping everything after the last of them to execute. `layouts` holds each layer's layout
+    after the first call."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], raw: bool = False, stop_early: bool = True):
+    def __init__(self, model: nn.Module, layers: Sequence[str], view: str = "positions", stop_early: bool = True):
         if not layers:
             raise VitalError("no layers to capture")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.modules = resolve_modules(model, self.layers)
-        self.raw = raw
+        self.view = view
         self.stop_early = stop_early
+        self.copy = has_inplace(model)
+        self.layouts: dict[str, Layout] = {}
+
+    def _view(self, name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.view == "raw":
+            return out
+        layout = self.layouts.get(name)
+        if layout is None:
+            layout = self.layouts[name] = LayoutProbe.layout(self.model, name, tuple(out.shape), x)
+        return to_positions(out, layout) if self.view == "positions" else to_map(out, layout, name)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         wanted = set(self.layers)
 
         def make_hook(name: str):
-            def hook(_m: nn.Module, _inp, out) -> None:
+            def hook(_m: nn.Module, _inp, out):
                 if name in captured:
-                    return  # a module called twice (shared activation): keep its first use
+                    return None  # a module called twice (shared activation): keep its first use
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 if not torch.is_tensor(out):
                     raise VitalError(f"layer '{name}' returns {type(out).__name__}, not a tensor; pick another layer")
-                captured[name] = out if self.raw else as_channels_by_positions(out)
+                captured[name] = out
                 if self.stop_early and wanted.issubset(captured):
                     raise _Stop
+                return out.clone() if self.copy else None  # an in-place op downstream then changes the copy
 
             return hook
 
@@ -84,12 +104,24 @@ class FeatureExtractor:
         missing = [n for n in self.layers if n not in captured]
         if missing:
             raise VitalError(f"layers {missing} did not run in the forward pass; pick layers the model uses")
-        return {n: captured[n] for n in self.layers}
+        return {n: self._view(n, captured[n], x) for n in self.layers}
 
 
-def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, type, output shape) for every named module that returns a tensor, in execution order."""
-    rows: list[tuple[str, str, tuple[int, ...]]] = []
+class LayerRow(NamedTuple):
+    name: str
+    kind: str  # the module's type name
+    shape: tuple[int, ...]  # of the output, batch first
+    layout: Layout
+
+    @property
+    def channels(self) -> int:
+        return channel_count(self.shape, self.layout)
+
+
+def layer_table(model: nn.Module, x: torch.Tensor, outputs: dict[str, torch.Tensor] | None = None) -> list[LayerRow]:
+    """A row (name, type, output shape, layout) for every named module that returns a tensor, in execution order.
+    `outputs`, when given, receives every output (kept alive, so that shared storage means one tensor)."""
+    found: list[tuple[str, str, tuple[int, ...]]] = []
     seen: set[str] = set()
 
     def make_hook(name: str):
@@ -99,8 +131,11 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple
             seen.add(name)
             if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
                 out = out[0]
-            if torch.is_tensor(out):
-                rows.append((name, type(m).__name__, tuple(out.shape)))
+            if torch.is_tensor(out) and out.dim() >= 2:
+                shape = tuple(out.shape)
+                if outputs is not None:
+                    outputs[name] = out
+                found.append((name, type(m).__name__, shape))
 
         return hook
 
@@ -111,11 +146,11 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple
     finally:
         for h in handles:
             h.remove()
-    return rows
+    return [LayerRow(n, kind, shape, LayoutProbe.layout(model, n, shape, x)) for n, kind, shape in found]
 
 
 def upstream_of(model: nn.Module, target: str, candidates: Sequence[str], size: int = 224,
-                rows: Sequence[tuple[str, str, tuple[int, ...]]] | None = None) -> list[str]:
+                rows: Sequence[LayerRow] | None = None) -> list[str]:
     """The candidates whose output is complete before the target's output is, in the given order (the execution
     order of one forward at `size` px, or of `rows` from `layer_table`). The target itself and the containers that
     hold it are not upstream: only these layers can be weighted by the target's relevance (SPEC section 7)."""
@@ -125,7 +160,7 @@ def upstream_of(model: nn.Module, target: str, candidates: Sequence[str], size: 
         x = torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu",
                         dtype=p.dtype if p is not None else torch.float32)
         rows = layer_table(model, x)
-    order = {name: i for i, (name, _, _) in enumerate(rows)}
+    order = {row.name: i for i, row in enumerate(rows)}
     if target not in order:
         raise VitalError(f"target layer '{target}' does not return a tensor in the forward pass")
     return [n for n in candidates if n in order and order[n] < order[target] and not target.startswith(n + ".")]

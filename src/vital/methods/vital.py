@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vital.errors import VitalError
-from vital.features import layer_table, resolve_modules, upstream_of
+from vital.features import LayerRow, layer_table, resolve_modules, upstream_of
 from vital.methods.base import (
     Recipe,
     RunOptions,
@@ -25,7 +25,6 @@ from vital.methods.base import (
     register,
     seed_generator,
 )
-from vital.models.presets import preset_for
 from vital.models.zoo import VisionModel
 from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
 from vital.params.base import Parameterization
@@ -83,7 +82,7 @@ STEM_WEIGHT = 0.1  # SPEC: the stem is down-weighted for neurons (w0 = 0.1)
 
 def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:
     """Matched layers and weights: the user's, else the preset's; plus the preset's priors."""
-    preset = preset_for(model.name, model.module, model.size)
+    preset = model.preset
     layers = list(opts.layers) if opts.layers else list(preset.layers or ())
     if not layers:
         raise VitalError(f"no layers to match for {model.name}: pass --layers (see `vital layers {model.name}`)")
@@ -124,16 +123,15 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     return Recipe(pixel_param(model, len(targets), run, clip), prior_term + objective, settings)
 
 
-def _check_channels(model: VisionModel, targets: Sequence[Channel],
-                    rows: list[tuple[str, str, tuple[int, ...]]]) -> str:
+def _check_channels(model: VisionModel, targets: Sequence[Channel], rows: list[LayerRow]) -> str:
     layers_of = {t.layer for t in targets}
     if len(layers_of) != 1:
         raise VitalError(f"a neuron batch must target one layer, got {sorted(layers_of)}; run each layer separately")
     target_layer = targets[0].layer
-    shapes = {n: s for n, _, s in rows}
-    if target_layer not in shapes or len(shapes[target_layer]) < 2:
+    row = next((r for r in rows if r.name == target_layer), None)
+    if row is None:
         raise VitalError(f"layer '{target_layer}' has no channels to visualise; pick a layer with a (B, C, ...) output")
-    n_channels = shapes[target_layer][1]
+    n_channels = row.channels
     bad = [t.channel for t in targets if not 0 <= t.channel < n_channels]
     if bad:
         raise VitalError(f"channel {bad[0]} is out of range: layer '{target_layer}' has {n_channels} channels "

@@ -13,13 +13,16 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
 from vital.offline import hf_offline
+
+if TYPE_CHECKING:
+    from vital.models.presets import Preset
 
 LITE = {
     # name: (package with the weights file, accessor class, input size)
@@ -52,6 +55,7 @@ class VisionModel:
     resize: int = 256
     interpolation: str = "bilinear"
     categories: list[str] | None = field(default=None, repr=False)
+    _preset: Preset | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -67,6 +71,15 @@ class VisionModel:
     def dtype(self) -> torch.dtype:
         p = next(self.module.parameters(), None)
         return p.dtype if p is not None else torch.float32
+
+    @property
+    def preset(self) -> Preset:
+        """The matched layers and weights of this architecture (`vital.models.presets`), resolved once."""
+        if self._preset is None:
+            from vital.models.presets import preset_for
+
+            self._preset = preset_for(self.module, self.size)
+        return self._preset
 
     def to(self, device: str | torch.device) -> VisionModel:
         self.module.to(device)

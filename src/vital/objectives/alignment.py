@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor, as_channels_by_positions
+from vital.layout import to_positions
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
 from vital.objectives.sort_matching import (
@@ -137,11 +138,12 @@ class Alignment(Term):
         if not relevance:
             return self.extractor(x), None
         assert self.engine is not None and channels is not None
-        if self.relevance == "guided-backprop":
+        if self.engine.backend != "chain":
             feats, rel = self.extractor(x), self.engine(x.detach(), channels)
-        else:
-            raw, rel = self.engine.features_and_relevance(x, channels)
-            feats = {n: as_channels_by_positions(f) for n, f in raw.items()}
+            layouts = self.extractor.layouts
+            return feats, {n: to_positions(r, layouts[n]) for n, r in rel.items() if n in self.layers}
+        raw, rel = self.engine.features_and_relevance(x, channels)  # a rule chain: channels-first maps
+        feats = {n: as_channels_by_positions(f) for n, f in raw.items()}
         return feats, {n: as_channels_by_positions(r) for n, r in rel.items() if n in self.layers}
 
     @torch.no_grad()

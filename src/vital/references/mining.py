@@ -299,7 +299,7 @@ def mine(
     _check_arguments(layers, k, n_images, batch_size, workers, checkpoint_every, grid, out)
     if patch not in PATCH_RULES:
         raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
-    extractor = FeatureExtractor(model.module, list(dict.fromkeys(layers)), raw=True)
+    extractor = FeatureExtractor(model.module, list(dict.fromkeys(layers)), view="map")
     data, fingerprint, size = _source(images, model)
     rfs = _fields(model, list(extractor.layers), data, size, patch)
     header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs)

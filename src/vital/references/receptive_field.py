@@ -113,17 +113,14 @@ def _support(grad: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def receptive_field(module: nn.Module, layer: str, size: int = 224) -> ReceptiveField:
-    """Measure the receptive field of the (B, C, H, W) output of `layer` (a dotted module name) for inputs of
+    """Measure the receptive field of the map view (B, C, H, W) of `layer`'s output (a token grid for a ViT) (a dotted module name) for inputs of
     `size` x `size` pixels (padding may depend on the size; larger inputs are tried when the field does not fit)."""
     net = _linear_positive(module)
-    extractor = FeatureExtractor(net, [layer], raw=True)
+    extractor = FeatureExtractor(net, [layer], view="map")
     s = size
     for _ in range(_MAX_DOUBLINGS + 1):
         x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, requires_grad=True)
         out = extractor(x)[layer]
-        if out.dim() != 4:
-            raise VitalError(f"layer '{layer}' outputs shape {tuple(out.shape[1:])}, not a (C, H, W) map: "
-                             "receptive fields and patches need a convolutional layer")
         hl, wl = out.shape[2] - 1, out.shape[3] - 1
         units = [(0, 0), (min(1, hl), min(1, wl)), (hl, wl)]
         total = torch.stack([out[b, :, h, w].sum() for b, (h, w) in enumerate(units)]).sum()
@@ -136,6 +133,11 @@ def receptive_field(module: nn.Module, layer: str, size: int = 224) -> Receptive
         unclipped = all(first[a][1] < s - 1 and second[a][1] < s - 1 and last[a][0] > 0 for a in (0, 1))
         if hl >= 1 and wl >= 1 and unclipped:
             stride = (second[0][1] - first[0][1], second[1][1] - first[1][1])
+            if stride != (round(s / out.shape[2]), round(s / out.shape[3])):
+                # not one field shifted by a stride (Swin's windows): no theoretical field; a global one, so that
+                # the effective field is measured for patches
+                nominal = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
+                return ReceptiveField(nominal, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
             left = (last[0][0] - hl * stride[0], last[1][0] - wl * stride[1])
             rf = (first[0][1] - left[0] + 1, first[1][1] - left[1] + 1)
             return ReceptiveField(stride, rf, (left[0] + (rf[0] - 1) / 2, left[1] + (rf[1] - 1) / 2))
@@ -156,10 +158,7 @@ def effective_field(module: nn.Module, layer: str, images: torch.Tensor, mass: f
     the whole input in theory but depend mostly on a much smaller centre: that centre is the patch that shows what
     a unit responds to."""
     x = images.detach().clone().requires_grad_(True)
-    out = FeatureExtractor(module, [layer], raw=True)(x)[layer]
-    if out.dim() != 4:
-        raise VitalError(f"layer '{layer}' outputs shape {tuple(out.shape[1:])}, not a (C, H, W) map: "
-                         "receptive fields and patches need a convolutional layer")
+    out = FeatureExtractor(module, [layer], view="map")(x)[layer]
     h, w = out.shape[2] // 2, out.shape[3] // 2
     (grad,) = torch.autograd.grad(out[:, :, h, w].sum(), x)
     g = grad.detach().abs().sum(1).mean(0).double()  # (H, W)

@@ -32,7 +32,8 @@ class Unsupported(Step):
         self.name, self.type_name = name, type(module).__name__
 
     def error(self) -> VitalError:
-        return VitalError(f"LRP has no rule for module type '{self.type_name}' (layer '{self.name}'); supported: "
+        where = f"layer '{self.name}'" if self.name else "the model itself"
+        return VitalError(f"LRP has no rule for module type '{self.type_name}' ({where}); supported: "
                           f"{SUPPORTED}. Use relevance='guided-backprop' (or 'none') for this model.")
 
 

@@ -15,15 +15,18 @@ Methods:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.layout import Layout, channel_count
 from vital.relevance.blocks import configure, propagate_chain
 from vital.relevance.chains import Chain, Unsupported, build_chain
 from vital.relevance.guided import guided_backprop
+from vital.relevance.modified_gradient import ModifiedGradientRelevance
 from vital.relevance.rules import EPS
 
 METHODS = ("lrp", "lrp-restricted", "guided-backprop")
@@ -50,8 +53,26 @@ def _locate(chain: Chain, index: dict[str, int], modules: dict[str, nn.Module], 
                      "Pick one of those.")
 
 
+NON_RELU = (nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Softplus,
+            nn.Tanh, nn.MultiheadAttention)
+
+
+def check_guided(model: nn.Module) -> None:
+    """Guided backprop is defined by its ReLUs: a network with other activations would get a clamped gradient."""
+    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, NON_RELU)})
+    if others or not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules()):
+        found = f"its activations include {', '.join(others)}" if others else "it has no nn.ReLU modules"
+        raise VitalError(f"guided backprop needs a ReLU network and {found}; use relevance='lrp' or 'none'")
+
+
 class RelevanceEngine:
-    """Relevance maps of a target channel at `layers`, for a batch with one channel per sample."""
+    """Relevance maps of a target channel at `layers`, for a batch with one channel per sample.
+
+    For the LRP methods the rule chain (z+ with BatchNorm folding, relevance splitting at residual joins) is used
+    where it lists every module from the target back to the shallowest layer; any other model (transformers,
+    ConvNeXt, CNN families without a chain entry) gets the modified-gradient rules of
+    `vital.relevance.modified_gradient`, announced in a one-line note. `backend` says which: "chain",
+    "modified-gradient" or "guided"."""
 
     def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp", *,
                  eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True):
@@ -69,17 +90,33 @@ class RelevanceEngine:
         self._modules = dict(model.named_modules())
         self._mode_sensitive = [m for m in model.modules()
                                 if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
+        self.fallback: ModifiedGradientRelevance | None = None
         chain = build_chain(model)
         index = chain.index()
         guided = method == "guided-backprop"
-        target = _locate(chain, index, self._modules, target_layer, "target layer", guided)
-        positions = {n: _locate(chain, index, self._modules, n, "layer", guided) for n in self.layers}
+        if guided:
+            check_guided(model)
+        try:
+            target = _locate(chain, index, self._modules, target_layer, "target layer", guided)
+            positions = {n: _locate(chain, index, self._modules, n, "layer", guided) for n in self.layers}
+            steps = chain.steps[:target + 1] if target is not None else []
+            bad = [s for s in steps if isinstance(s, Unsupported)]
+            if bad:
+                raise bad[0].error()
+        except VitalError as e:
+            if guided or target_layer not in self._modules or any(n not in self._modules for n in self.layers):
+                raise
+            self.backend = "modified-gradient"
+            self.fallback = ModifiedGradientRelevance(model, target_layer, self.layers, method)
+            _announce(model, str(e))
+            return
         if target is not None:
             for n, i in positions.items():
                 if i is not None and i > target:
                     raise VitalError(f"layer '{n}' comes after the target layer '{target_layer}'; relevance reaches "
                                      f"only layers upstream of the target: drop '{n}' or pick a deeper target")
         if guided:
+            self.backend = "guided"
             # hook the module that produces each output (`layer4` is produced by `layer4.2`)
             canon = {n: chain.names[i][0] if i is not None else n for n, i in positions.items()}
             self._guided_layers = {n: self._modules[c] for n, c in canon.items()}
@@ -87,10 +124,8 @@ class RelevanceEngine:
             self._guided_target = (target_layer, self._modules[tname])
             return
         assert target is not None and all(i is not None for i in positions.values())  # only guided gets None
-        self.steps = chain.steps[:target + 1]
-        bad = [s for s in self.steps if isinstance(s, Unsupported)]
-        if bad:
-            raise bad[0].error()
+        self.backend = "chain"
+        self.steps = steps
         propagate_chain(self.steps, False)
         self.folded = configure(self.steps, eps, fold_batchnorm, conserve)
         self.target_index: int = target
@@ -119,11 +154,11 @@ class RelevanceEngine:
             raise VitalError(f"got {channels.numel()} channels for a batch of {b}; give one channel per sample")
         return channels
 
-    def _check_range(self, a: torch.Tensor, channels: torch.Tensor) -> None:
-        if a.dim() not in (2, 4):
+    def _check_range(self, a: torch.Tensor, channels: torch.Tensor, layout: Layout = Layout.CHANNELS_FIRST) -> None:
+        if a.dim() not in (2, 3, 4):
             raise VitalError(f"target layer '{self.target_layer}' has output shape {tuple(a.shape)}; relevance "
-                             "needs a (B, C, H, W) map or a (B, C) vector")
-        c = a.shape[1]
+                             "needs a map, a token sequence or a vector")
+        c = channel_count(tuple(a.shape), layout)
         lo, hi = int(channels.min()), int(channels.max())
         if lo < 0 or hi >= c:
             bad = lo if lo < 0 else hi
@@ -149,6 +184,8 @@ class RelevanceEngine:
         """{layer: relevance shaped like that layer's output} for x (B, 3, H, W) and one channel per sample."""
         self._check_mode()
         ch = self._channels(channels, x)
+        if self.fallback is not None:
+            return self.fallback(x, ch, self._check_range)
         if self.method == "guided-backprop":
             return guided_backprop(self.model, x, ch, self._guided_target, self._guided_layers, self._check_range)
         with torch.no_grad():
@@ -160,8 +197,8 @@ class RelevanceEngine:
         """One forward for both: the outputs of `layers` with their autograd graph to `x` (for a loss), and the
         relevance maps (detached). Saves the separate feature forward that an optimisation step would otherwise
         run; for "guided-backprop", which needs a backward of its own, use `__call__`."""
-        if self.method == "guided-backprop":
-            raise VitalError("features_and_relevance needs an LRP method; call the engine for guided backprop")
+        if self.method == "guided-backprop" or self.fallback is not None:
+            raise VitalError("features_and_relevance needs the LRP rule chain; call the engine for the relevance")
         self._check_mode()
         ch = self._channels(channels, x)
         h, ctxs, feats = self._forward(x, grad_until=max(self.capture))
@@ -193,6 +230,20 @@ class RelevanceEngine:
                 r = self.steps[i].relevance(r, ctxs[i])
                 ctxs[i] = None  # free what this step kept as soon as it is used
         return {n: out[n] for n in self.layers}
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce(model: nn.Module, reason: str) -> None:
+    """One line per model type and reason: which rules are used, and why not the chain's."""
+    key = (type(model).__name__, reason)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        why = reason.split(";")[0].split(". ")[0]
+        warnings.warn(f"relevance for {type(model).__name__} by the modified-gradient LRP rules (z+ convolutions, "
+                      f"constant attention weights and normalisation scale, identity rule for GELU/SiLU); the rule "
+                      f"chain does not apply: {why}", stacklevel=3)
 
 
 def relevance_maps(model: nn.Module, x: torch.Tensor, target_layer: str, channels: torch.Tensor | int,
