@@ -5,9 +5,12 @@ the same model and batch (target on CPU: <= 1.3), the throughput of one batch of
 (target: > 1.5x), the intermediate-neuron step (VITAL's channel defaults: relevance-weighted references, no
 relevance pass per step; target at the deepest preset stage) / bare forward+backward, the same with the authors'
 per-step LRP mask (mask "multiply": one relevance pass per step; target <= 2.0), and mining throughput / bare
-forward throughput over the same images (target: >= 0.7).
+forward throughput over the same images (target: >= 0.7). A second table gives the neuron step of other
+architectures (`--neuron-models`, random weights: vit_b_16 and convnext_tiny by default, whose relevance comes from
+the modified-gradient rules; target <= 2.5).
 Measurements are interleaved and repeated; medians are reported.
-Usage: python bench/step_time.py [--models efficientnet_lite0,resnet50] [--steps 10] [--device cpu]
+Usage: python bench/step_time.py [--models efficientnet_lite0,resnet50] [--neuron-models vit_b_16,convnext_tiny]
+       [--steps 10] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import torch
 from vital.methods import RunOptions, build_recipe
 from vital.methods.vital import VitalOptions
 from vital.models import load_model
-from vital.models.presets import preset_for
 from vital.optimize import optimize
 from vital.references.mining import mine
 from vital.references.photos import OFFLINE_PHOTOS, photo_references
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--neuron-models", default="vit_b_16,convnext_tiny")
     ap.add_argument("--images", default=None, help="folder to mine (default: the scikit-image photos)")
     a = ap.parse_args()
     if a.images is None:
@@ -129,9 +132,9 @@ def main() -> None:
           "| bare batch-8 vs 8 single (ceiling) | neuron target | neuron step (ms) | neuron/bare "
           "| neuron step, LRP each step (ms) | LRP-step/bare | mining img/s | bare fwd img/s | mining/bare |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in a.models.split(","):
+    for name in filter(None, a.models.split(",")):
         model = load_model(name, weights="default" if name.startswith("efficientnet_lite") else None, device=dev)
-        layers = preset_for(name, model.module, model.size).layers
+        layers = model.preset.layers
         target = layers[-1]
         bare, bare8, single, batch8, neuron, lrp = [], [], [], [], [], []
         for _ in range(a.rounds):  # interleaved, so drifting machine load hits all alike
@@ -146,6 +149,29 @@ def main() -> None:
         print(f"| {name} ({model.weights_id}) | {1e3 * b:.1f} | {1e3 * s:.1f} | {s / b:.2f} | {1e3 * b8:.1f} "
               f"| {8 * s / b8:.2f}x | {8 * b / bb8:.2f}x | {target} | {1e3 * n:.1f} | {n / b:.2f} | {1e3 * nl:.1f} "
               f"| {nl / b:.2f} | {mined:.1f} | {fwd:.1f} | {mined / fwd:.2f} |")
+
+    neuron_table(a, dev, refs[classes[0]])
+
+
+def neuron_table(a, dev: torch.device, refs) -> None:
+    """Neuron step / bare forward+backward for the architectures of `--neuron-models` (random weights)."""
+    print("\n| model | bare fwd+bwd (ms) | neuron target | neuron step (ms) | neuron/bare "
+          "| neuron step, LRP each step (ms) | LRP-step/bare | relevance rules |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in filter(None, a.neuron_models.split(",")):
+        model = load_model(name, weights=None, device=dev)
+        target = model.preset.layers[-1]
+        bare, neuron, lrp = [], [], []
+        for _ in range(a.rounds):
+            bare.append(bare_step(model, 1, a.steps))
+            neuron.append(neuron_step(model, target, refs, a.steps))
+            lrp.append(neuron_step(model, target, refs, a.steps, mask="multiply"))
+        from vital.relevance import RelevanceEngine
+
+        rules = RelevanceEngine(model.module, target, [model.preset.layers[0]]).backend
+        b, n, nl = (statistics.median(v) for v in (bare, neuron, lrp))
+        print(f"| {name} (random) | {1e3 * b:.1f} | {target} | {1e3 * n:.1f} | {n / b:.2f} | {1e3 * nl:.1f} "
+              f"| {nl / b:.2f} | {rules} |")
 
 
 if __name__ == "__main__":
