@@ -201,15 +201,19 @@ def test_job_file_and_flags(tmp_path, refs_dir, capsys):
     toml.write_text(f'factory = "{FACTORY}"\nsteps = 2\nseed = 1\n[targets]\nlayer = "2"\nchannels = "0-2"\n'
                     f'[references]\nsource = "folder"\npath = "{refs_dir}"\nn = 4\n[options]\nrelevance = "none"\n'
                     '[speed]\nchannels_last = true\n')
-    job = job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--steps", "3", "--out", "x"])))
+    with pytest.raises(VitalError, match="names a model factory.*--allow-factory"):
+        job_dict(parse_batch_args(["batch", str(toml), "--out", "x"]))
+    job = job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--allow-factory", "--steps", "3", "--out",
+                                                   "x"])))
     assert job.steps == 3 and job.seed == 1 and job.speed.channels_last and job.options == {"relevance": "none"}
     assert job.targets == (vital.Channel("2", 0), vital.Channel("2", 1), vital.Channel("2", 2))
     assert job.references == References("folder", str(refs_dir), 4)
-    assert cmd_batch(parse_batch_args(["batch", str(toml), "--batch-size", "2", "-q", "--out", str(tmp_path / "o")])) == 0
+    assert cmd_batch(parse_batch_args(["batch", str(toml), "--allow-factory", "--batch-size", "2", "-q", "--out",
+                                       str(tmp_path / "o")])) == 0
     assert "3 done, 0 skipped (already complete), 0 failed of 3 targets" in capsys.readouterr().out
     toml.write_text(f'factory = "{FACTORY}"\nstep = 2\n')
     with pytest.raises(VitalError, match="unknown key 'step'.*steps"):
-        job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--out", "x"])))
+        job_from_dict(job_dict(parse_batch_args(["batch", str(toml), "--allow-factory", "--out", "x"])))
     with pytest.raises(VitalError, match="no targets"):
         job_from_dict(job_dict(parse_batch_args(["batch", "--model", "resnet18", "--out", "x"])))
     with pytest.raises(VitalError, match="without channels"):

@@ -31,8 +31,8 @@ def test_lite0_loss_falls_and_quantiles_move_toward_references(lite0):
 
 def test_demo_writes_images_and_sheet(tmp_path, capsys):
     out = run_demo(tmp_path / "demo", steps=2, progress=False)
-    assert (out / "class0282.png").is_file() and (out / "class0967.png").is_file()
-    assert (out / "contact_sheet.png").is_file() and (out / "record.json").is_file()
+    assert (out / "class" / "class0282.png").is_file() and (out / "class" / "class0967.png").is_file()
+    assert (out / "class" / "contact_sheet.png").is_file() and (out / "class" / "record.json").is_file()
     assert (out / "neuron" / "record.json").is_file() and (out / "store" / "index.json").is_file()
     printed = capsys.readouterr().out
     assert "contact sheet:" in printed and "espresso" in printed and "_blocks.7:" in printed

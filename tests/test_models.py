@@ -16,7 +16,7 @@ def test_lite0_is_a_real_imagenet_classifier(lite0):
 
 def test_torchvision_random_only_when_asked():
     vm = load_model("resnet18", weights=None)
-    assert vm.weights_id == "random" and vm.size == 224 and vm.num_classes == 1000
+    assert vm.weights_id == "random (seed 0)" and vm.size == 224 and vm.num_classes == 1000
 
 
 def test_missing_torchvision_weights_name_the_file(tmp_path):

@@ -144,7 +144,7 @@ def test_neuron_errors(resnet, refs):
         vital.visualize(resnet, vital.Channel("layer3", 0), refs, steps=1, relevance="lrp+", progress=False)
     with pytest.raises(VitalError, match="unknown mask 'soft'; use one of reference, multiply"):
         vital.visualize(resnet, vital.Channel("layer3", 0), refs, steps=1, mask="soft", progress=False)
-    with pytest.raises(VitalError, match="target_weight must be a number >= 0"):
+    with pytest.raises(VitalError, match="target_weight must be at least 0"):
         vital.visualize(resnet, vital.Channel("layer3", 0), refs, steps=1, target_weight=-1, progress=False)
     with pytest.raises(VitalError, match=r"options \['mask', 'relevance'\] apply to channel targets"):
         vital.visualize(resnet, vital.Class(0), refs, steps=1, relevance="lrp", mask="multiply", progress=False)

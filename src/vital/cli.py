@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +48,16 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (VITAL default 1.0)")
     g.add_argument("--warmup", type=int, default=None, help="warmup steps (default 100)")
     p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _checked(a: argparse.Namespace, **method_options) -> None:
+    """Every number and choice of the run, checked before any model or reference is loaded."""
+    from vital.methods import RunOptions, split_options
+
+    run, _ = split_options(a.method, {**_run_options(a), **method_options})
+    RunOptions(**run)
 
 
 def _run_options(a: argparse.Namespace) -> dict:
@@ -57,18 +67,18 @@ def _run_options(a: argparse.Namespace) -> dict:
 
 
 def cmd_class(a: argparse.Namespace) -> int:
-    from vital.io import ensure_writable
     from vital.models import load_model
+    from vital.outputs import RunFolder
     from vital.targets import Class, parse_range
     from vital.visualize import visualize
 
-    out = ensure_writable(a.out)
-    classes = [k for spec in a.classes for k in parse_range(spec)]
-    model = load_model(a.model, a.weights, resolve_device(a.device))
-    targets = [Class(k) for k in classes]
-    result = visualize(model, targets, _refs(a, targets, classes=True), method=a.method, **_run_options(a))
-    paths = result.save(out)
-    _print_outputs(result, paths)
+    classes = _once([k for spec in a.classes for k in parse_range(spec)], "class")
+    _checked(a)
+    with RunFolder(a.out, a.overwrite):  # claimed for the whole run: checked before any long computation
+        model = load_model(a.model, a.weights, resolve_device(a.device))
+        targets = [Class(k) for k in classes]
+        result = visualize(model, targets, _refs(a, targets, classes=True), method=a.method, **_run_options(a))
+        _print_outputs(result, result.save(a.out, overwrite=a.overwrite))
     return 0
 
 
@@ -76,30 +86,44 @@ def _refs(a: argparse.Namespace, targets: list, classes: bool) -> list:
     """One reference set per target, by the shared --refs rule (vital.references.spec)."""
     from vital.references.spec import ReferenceSpec
 
-    spec = ReferenceSpec.from_flag(a.refs, getattr(a, "refs_flat", False), classes, a.n,
-                                   getattr(a, "ref_kind", "patches"))
+    kind = getattr(a, "ref_kind", None)
+    spec = ReferenceSpec.from_flag(a.refs, getattr(a, "refs_flat", False), classes, a.n, kind or "patches")
+    if kind is not None and spec.source != "store":
+        raise VitalError(f"--ref-kind {kind} picks a mining store's top images or patches, but --refs {a.refs} is a "
+                         f"{spec.source}; drop --ref-kind or pass a store made by vital mine")
     return spec.resolve(targets, seed=a.seed)
 
 
+def _once(targets: list, what: str) -> list:
+    """Targets in order without repeats; a repeat is said in one line (it would be optimised twice and one file
+    would overwrite the other)."""
+    unique = list(dict.fromkeys(targets))
+    if len(unique) < len(targets):
+        twice = sorted(str(t) for t, c in Counter(targets).items() if c > 1)
+        warnings.warn(f"{what} {', '.join(twice[:5])} given more than once: visualised once", stacklevel=2)
+    return unique
+
+
 def cmd_neuron(a: argparse.Namespace) -> int:
-    from vital.io import ensure_writable
     from vital.models import load_model
+    from vital.outputs import RunFolder
     from vital.references.mining import MiningStore
     from vital.targets import parse_channels
     from vital.visualize import visualize
 
-    out = ensure_writable(a.out)
-    targets = list(dict.fromkeys(t for spec in a.channels for t in parse_channels(spec, a.layer)))
-    model = load_model(a.model, a.weights, resolve_device(a.device))
-    if (Path(a.refs) / "index.json").is_file():  # a store mined for another model or layer is refused first
-        store = MiningStore.load(a.refs)
-        for t in targets:
-            store.check(model, t.layer, t.channel)
-    result = visualize(model, targets, _refs(a, targets, classes=False), method=a.method, relevance=a.relevance,
-                       mask=a.mask, target_weight=a.target_weight, unweighted=a.unweighted, param=a.param,
-                       **_run_options(a))
-    paths = result.save(out)
-    _print_outputs(result, paths)
+    targets = _once([t for spec in a.channels for t in parse_channels(spec, a.layer)], "channel")
+    _checked(a, relevance=a.relevance, mask=a.mask, target_weight=a.target_weight, unweighted=a.unweighted,
+             param=a.param)
+    with RunFolder(a.out, a.overwrite):
+        model = load_model(a.model, a.weights, resolve_device(a.device))
+        if (Path(a.refs) / "index.json").is_file():  # a store mined for another model or layer is refused first
+            store = MiningStore.load(a.refs)
+            for t in targets:
+                store.check(model, t.layer, t.channel)
+        result = visualize(model, targets, _refs(a, targets, classes=False), method=a.method,
+                           relevance=a.relevance, mask=a.mask, target_weight=a.target_weight,
+                           unweighted=a.unweighted, param=a.param, **_run_options(a))
+        _print_outputs(result, result.save(a.out, overwrite=a.overwrite))
     return 0
 
 
@@ -120,9 +144,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from vital.compare import annotate_runs, visuals_from_runs, write_table
+    from vital.compare import run_metrics, visuals_from_runs, write_table
     from vital.evaluate import evaluate
-    from vital.io import ensure_writable
+    from vital.io import ensure_writable, write_json
     from vital.models import load_model
     from vital.report import gallery_from_runs, write_gallery
 
@@ -133,14 +157,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     visuals = visuals_from_runs(runs)
     if not visuals:
         raise VitalError("the run folders hold no class visualizations to evaluate")
-    model = load_model(a.model, a.weights, resolve_device(a.device)) if a.model else None
+    device = resolve_device(a.device)
+    model = load_model(a.model, a.weights, device) if a.model else None
     out = ensure_writable(a.out)
     table = evaluate(visuals, model, classifiers=parse_names(a.judges), fid=False, clip_weights=a.clip_weights,
-                     embedding_path=out / "embedding.png", progress=not a.quiet)
+                     embedding_path=out / "embedding.png", device=device, progress=not a.quiet)
     write_table(table, out)
-    annotate_runs(table, runs)
+    write_json(run_metrics(table, runs), out / "metrics.json")  # the run folders are read, never written
     print(table.to_markdown())
-    print(f"gallery: {write_gallery(out, gallery_from_runs(runs), table=table)}")
+    print(f"gallery: {write_gallery(out, gallery_from_runs(runs, run_metrics(table, runs)), table=table)}")
     return 0
 
 
@@ -160,12 +185,12 @@ def cmd_mine(a: argparse.Namespace) -> int:
 
 
 def cmd_rerun(a: argparse.Namespace) -> int:
-    from vital.io import ensure_writable
+    from vital.outputs import RunFolder
     from vital.rerun import rerun
 
-    out = ensure_writable(a.out)
-    result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)
-    _print_outputs(result, result.save(out))
+    with RunFolder(a.out, a.overwrite):
+        result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)
+        _print_outputs(result, result.save(a.out, overwrite=a.overwrite))
     return 0
 
 
@@ -246,7 +271,7 @@ def _add_neuron(sub) -> None:
                                                         "layers MODEL`)")
     ne.add_argument("--refs", required=True, help="a store written by `vital mine`, or a folder of the neuron's "
                                                   "top images")
-    ne.add_argument("--ref-kind", default="patches", choices=("images", "patches"),
+    ne.add_argument("--ref-kind", default=None, choices=("images", "patches"),
                     help="from a store: the top patches, cropped and resized (the paper; default) or whole images")
     ne.add_argument("-n", type=int, default=50, help="references per channel (default 50)")
     from vital.methods.vital import PARAMS
@@ -318,6 +343,7 @@ def _add_runs(sub) -> None:
     rr = sub.add_parser("rerun", help="repeat a run from its record.json (same model, targets, options, seed, refs)")
     rr.add_argument("record", help="record.json or the run folder holding it")
     rr.add_argument("--out", "-o", required=True)
+    rr.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     rr.add_argument("--device", default=None)
     rr.add_argument("--weights", default=None, help="weights file, when the recorded one is elsewhere")
     rr.add_argument("--quiet", "-q", action="store_true")

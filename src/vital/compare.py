@@ -68,14 +68,23 @@ def real_images(refs: dict[int, ReferenceSet], model: VisionModel) -> dict[int, 
     return out
 
 
-def annotate_runs(table: EvalTable, run_dirs: Sequence[Path]) -> None:
-    """Write each image's ranks into its run record (shown by the gallery and `vital report`)."""
+def run_metrics(table: EvalTable, run_dirs: Sequence[Path]) -> dict[str, dict[str, dict]]:
+    """{run folder: {image name: its ranks}}: what the gallery shows beside each image."""
     by_image = {pv["image"]: {k: v for k, v in pv.items() if k.endswith("rank")} for pv in table.per_visual
                 if pv.get("image")}
+    out = {}
     for d in run_dirs:
+        rec = json.loads((Path(d) / "record.json").read_text())
+        out[str(d)] = {o["image"]: by_image.get(str(Path(d) / o["image"]), {}) for o in rec["outputs"]}
+    return out
+
+
+def annotate_runs(table: EvalTable, run_dirs: Sequence[Path]) -> None:
+    """Write each image's ranks into the records of runs this comparison made itself (shown by `vital report`)."""
+    for d, metrics in run_metrics(table, run_dirs).items():
         path = Path(d) / "record.json"
         rec = json.loads(path.read_text())
-        rec["metrics"] = {o["image"]: by_image.get(str(Path(d) / o["image"]), {}) for o in rec["outputs"]}
+        rec["metrics"] = metrics
         write_json(rec, path)
 
 

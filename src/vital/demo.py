@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
+from vital import validate
 from vital.evaluate.neuron import activation_ratio, naturalness_ratio
 from vital.io import ensure_writable
 from vital.models import load_model
@@ -35,7 +36,7 @@ def _class_part(model, out: Path, steps: int, progress: bool) -> None:
     print(f"[1/2] VITAL on {model.name} ({model.weights_id}) for classes "
           f"{', '.join(model.class_name(k) for k in DEMO_CLASSES)}; references: views of scikit-image photos")
     result = visualize(model, [Class(k) for k in DEMO_CLASSES], refs, steps=steps, progress=progress)
-    paths = result.save(out)
+    paths = result.save(out / "class", overwrite=True)  # the demo's own folder: a second demo replaces the first
     with torch.no_grad():
         probs = model(model.normalize(result.images.to(model.device))).softmax(-1).cpu()
     for i, k in enumerate(DEMO_CLASSES):
@@ -57,7 +58,7 @@ def _neuron_part(model, out: Path, steps: int, progress: bool) -> None:
     channel, strength = store.distinct_channels(NEURON_LAYER, 1, group=corpus_source)[0]
     refs = store.references(NEURON_LAYER, channel, kind="patches", n=NEURON_REFS)
     result = visualize(model, Channel(NEURON_LAYER, channel), refs, steps=steps, progress=progress)
-    paths = result.save(out / "neuron")
+    paths = result.save(out / "neuron", overwrite=True)
     size = (model.size, model.size)
     ref01 = refs.load(lambda im: to_tensor(im.convert("RGB").resize(size, Image.Resampling.BICUBIC)))
     act = activation_ratio(model, NEURON_LAYER, channel, result.images, ref01)
@@ -71,9 +72,11 @@ def _neuron_part(model, out: Path, steps: int, progress: bool) -> None:
 
 def run_demo(out: str | os.PathLike = "out/demo", steps: int | None = None, device: str = "cpu",
              progress: bool = True) -> Path:
+    validate.integer("steps", steps, low=1)
     out_dir = ensure_writable(out)
     model = load_model("efficientnet_lite0", device=device)
-    _class_part(model, out_dir, steps or DEMO_STEPS, progress)
-    _neuron_part(model, out_dir, steps or DEMO_STEPS, progress)
-    print(f"run records: {out_dir / 'record.json'}, {out_dir / 'neuron' / 'record.json'}")
+    steps = DEMO_STEPS if steps is None else steps
+    _class_part(model, out_dir, steps, progress)
+    _neuron_part(model, out_dir, steps, progress)
+    print(f"run records: {out_dir / 'class' / 'record.json'}, {out_dir / 'neuron' / 'record.json'}")
     return out_dir

@@ -60,7 +60,7 @@ def setting(setting_id: int, steps: int | None = None) -> dict:
     is the low-resolution stage, followed by half as many full-resolution steps (2000 + 1000 by default)."""
     if setting_id not in SETTING_DEFAULT_STEPS:
         raise VitalError(f"setting must be 0, 1 or 2, got {setting_id}")
-    n = steps or SETTING_DEFAULT_STEPS[setting_id]
+    n = SETTING_DEFAULT_STEPS[setting_id] if steps is None else steps
     if n < 1:
         raise VitalError(f"steps must be at least 1, got {n}")
     if setting_id == 0:

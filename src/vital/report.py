@@ -13,15 +13,15 @@ import html
 import json
 import os
 import shutil
+import urllib.parse
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import UnidentifiedImageError
-
 from vital.errors import VitalError
+from vital.references.images import IMAGE_EXTENSIONS
 
 TRANSPARENCY_SUFFIX = "_transparency"
 THUMB = 112
@@ -120,27 +120,50 @@ def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
         rec = json.loads(rec_path.read_text())
     except json.JSONDecodeError as e:
         raise VitalError(f"{rec_path} is not valid JSON ({e.msg}); re-run to rewrite it") from e
-    outputs = rec.get("outputs") or []
-    if not outputs:
+    outputs = rec.get("outputs") if isinstance(rec, dict) else None
+    if not outputs or not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise VitalError(f"run folder {run_dir} lists no outputs in record.json; re-run to rewrite it")
     refsets = rec.get("references") or [None] * len(outputs)
     metrics = rec.get("metrics") or {}
     out = []
     for o, refset in zip(outputs, refsets, strict=False):
-        refs = [run_dir / p for p in o.get("reference_thumbnails", [])]
-        if not refs and refset:
-            refs = [Path(f["file"]) for f in refset.get("files", []) if Path(f["file"]).is_file()]
-        alpha = run_dir / o["transparency"] if o.get("transparency") else None
-        out.append(GalleryEntry(run_dir / o["image"], str(rec.get("method", run_dir.name)),
+        refs = [_inside(run_dir, p) for p in o.get("reference_thumbnails", [])]
+        if not refs and isinstance(refset, dict):
+            # reference photos may live anywhere; they are only ever decoded as images and shown as thumbnails
+            refs = [Path(f["file"]) for f in refset.get("files", []) if isinstance(f, dict) and "file" in f
+                    and Path(f["file"]).suffix.lower() in IMAGE_EXTENSIONS and Path(f["file"]).is_file()]
+        alpha = _inside(run_dir, o["transparency"]) if o.get("transparency") else None
+        out.append(GalleryEntry(_inside(run_dir, o.get("image")), str(rec.get("method", run_dir.name)),
                                 _target_label(o.get("label") or o.get("target")),
                                 alpha if alpha is not None and alpha.is_file() else None,
-                                dict(metrics.get(o["image"], {})), refs))
+                                dict(metrics.get(o["image"], {})) if isinstance(metrics, dict) else {}, refs))
     return out
 
 
-def gallery_from_runs(run_dirs: Sequence[str | os.PathLike]) -> list[GalleryRow]:
-    """Gallery rows from run folders (see `entries_from_run`)."""
-    return rows_from_entries(e for d in run_dirs for e in entries_from_run(d))
+def _inside(run_dir: Path, name: Any) -> Path:
+    """A file named by a run record: a relative path that stays inside the run folder, never anything else (the
+    record is data from disk, and the gallery copies what it names)."""
+    if not isinstance(name, str) or not name:
+        raise VitalError(f"{run_dir / 'record.json'} names an output that is not a file name ({name!r}); re-run to "
+                         "rewrite it")
+    path = (run_dir / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(run_dir.resolve()):
+        raise VitalError(f"{run_dir / 'record.json'} names a file outside its run folder ({name}); a run's outputs "
+                         "are inside it: re-run to rewrite the record")
+    return path
+
+
+def gallery_from_runs(run_dirs: Sequence[str | os.PathLike],
+                      metrics: dict[str, dict[str, dict]] | None = None) -> list[GalleryRow]:
+    """Gallery rows from run folders (see `entries_from_run`); `metrics` ({run folder: {image: metrics}}) are
+    shown instead of those in the records."""
+    rows = []
+    for d in run_dirs:
+        for e in entries_from_run(d):
+            if metrics is not None:
+                e.metrics = dict(metrics.get(str(d), {}).get(e.image.name, {}))
+            rows.append(e)
+    return rows_from_entries(rows)
 
 
 class _Assets:
@@ -152,11 +175,13 @@ class _Assets:
 
     @staticmethod
     def _name(src: Path, suffix: str | None = None) -> str:
-        tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(os.fsencode(src.resolve())).hexdigest()[:10]
         return f"{tag}_{src.stem}{suffix or src.suffix}"
 
     def _rel(self, p: Path) -> str:
-        return Path(os.path.relpath(p, self.out_dir)).as_posix()
+        """The URL of a file relative to the page: percent-encoded bytes of the path, so that '#', '%', '?',
+        spaces and names that are not UTF-8 all resolve."""
+        return urllib.parse.quote(os.fsencode(Path(os.path.relpath(p, self.out_dir)).as_posix()))
 
     def link(self, src: Path) -> str:
         """A file inside out_dir is linked in place; one outside is copied into assets/."""
@@ -173,14 +198,14 @@ class _Assets:
 
     def thumb(self, src: Path, size: int = THUMB) -> str | None:
         """A small JPEG of a (possibly large) reference photo; None when it cannot be read."""
-        from vital.references.images import load_rgb
+        from vital.references.images import UNREADABLE, load_rgb
 
         src = Path(src)
         dst = self.assets / "thumbs" / self._name(src, ".jpg")
         if not dst.exists():
             try:
                 im = load_rgb(src)
-            except (OSError, UnidentifiedImageError, ValueError) as e:
+            except UNREADABLE as e:
                 warnings.warn(f"gallery: cannot read reference image {src} ({type(e).__name__})", stacklevel=3)
                 return None
             im.thumbnail((size, size))
@@ -195,8 +220,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _esc(text: str) -> str:
+    """HTML-escaped text; names that are not UTF-8 are shown with a replacement mark."""
+    return html.escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
 def _cell(cell: GalleryCell, assets: _Assets) -> str:
-    e = html.escape
+    e = _esc
     img = assets.link(cell.image)
     figs = [f'<figure><img src="{e(img)}" alt="{e(cell.method)}"><figcaption>image</figcaption></figure>']
     if cell.transparency is not None:
@@ -211,10 +241,11 @@ def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title:
                   table: Any | None = None) -> Path:
     """Write `out_dir/report.html` (plus assets/): rows = targets, columns = methods in first-seen order.
     `table` is an `EvalTable` (anything with `to_html()`), shown above the gallery with its embedding plot."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from vital.io import ensure_writable
+
+    out = ensure_writable(out_dir)
     assets = _Assets(out)
-    e = html.escape
+    e = _esc
     methods = list(dict.fromkeys(c.method for r in rows for c in r.cells))
     parts = [f"<h1>{e(title)}</h1>"]
     if table is not None:

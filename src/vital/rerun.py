@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from vital.errors import VitalError
-from vital.models.zoo import LITE, load_model
+from vital.models.zoo import LITE, RANDOM_ID, load_model
 from vital.references.images import ReferenceSet
 from vital.targets import Channel, Class, Direction, Target
 from vital.visualize import Result, visualize
@@ -26,7 +26,12 @@ PHOTO_VIEW = re.compile(r"^skimage:(?P<name>[^#]+)#view\d+\(seed=(?P<seed>\d+)\)
 
 def _weights(model: dict) -> str | None:
     w = model["weights"]
+    if w == RANDOM_ID:
+        return None
     if w == "random":
+        warnings.warn("the recorded run used a random network whose weights were not seeded (a record from before "
+                      f"vital seeded them): this rerun draws {RANDOM_ID} and cannot give the same image",
+                      stacklevel=3)
         return None
     if w == "custom":
         raise VitalError("this run used a custom nn.Module; rebuild it and call vital.visualize with the record's "
@@ -139,17 +144,46 @@ def run_arguments(record: dict) -> dict:
 def rerun(record: str | os.PathLike | dict, device: str | None = None, progress: bool = True,
           weights: str | None = None) -> Result:
     """Run again what `record` (a path to record.json or its dict) describes; `weights` overrides the file."""
+    where = "the record"
     if not isinstance(record, dict):
         path = Path(record)
         if path.is_dir():
             path = path / "record.json"
         if not path.is_file():
             raise VitalError(f"no run record at {path}")
-        record = json.loads(path.read_text())
+        where = str(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VitalError(f"cannot read the run record {path} ({type(e).__name__}); it is damaged or not a "
+                             "record.json written by vital") from e
+    _check_record(record, where)
     assert isinstance(record, dict)
-    model = load_model(record["model"]["name"], weights or _weights(record["model"]), device or "cpu")
-    targets = [_target(t) for t in record["targets"]]
-    refs = [references_from_record(e) for e in record["references"]]
-    for e, r in zip(record["references"], refs, strict=True):
-        _check_hashes(e, r)
-    return visualize(model, targets, refs, progress=progress, **run_arguments(record))
+    try:  # the record is data from disk: any key of the wrong kind is a damaged record, said in one line
+        name, recorded_weights = record["model"]["name"], _weights(record["model"])
+        targets = [_target(t) for t in record["targets"]]
+        arguments = run_arguments(record)
+        entries = record["references"]
+        refs = [references_from_record(e) for e in entries]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VitalError(f"{where} is damaged or from another program ({type(e).__name__}: {e}); it cannot be "
+                         "rerun") from e
+    model = load_model(name, weights or recorded_weights, device or "cpu")
+    for entry, r in zip(entries, refs, strict=True):
+        _check_hashes(entry, r)
+    return visualize(model, targets, refs, progress=progress, **arguments)
+
+
+def _check_record(record: object, where: str) -> None:
+    """The outline every run record has; the details are checked where they are read."""
+    shape = {"method": str, "model": dict, "targets": list, "references": list, "options": dict}
+    if not isinstance(record, dict):
+        raise VitalError(f"{where} is not a run record (a JSON object); give the record.json written by vital")
+    missing = [k for k in shape if k not in record]
+    wrong = [k for k, kind in shape.items() if k in record and not isinstance(record[k], kind)]
+    if missing or wrong:
+        what = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(wrong)} of the wrong type"
+        raise VitalError(f"{where} {what}; it is damaged or not a record.json written by vital")
+    if len(record["references"]) != len(record["targets"]):
+        raise VitalError(f"{where} lists {len(record['targets'])} targets but {len(record['references'])} reference "
+                         "sets; it is damaged")

@@ -39,6 +39,10 @@ class SpeedOptions:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        from vital import validate
+
+        validate.flag("channels_last", self.channels_last)
+        validate.flag("compile", self.compile)
         if self.autocast not in (None, *AUTOCAST_DTYPES):
             raise VitalError(f"unknown autocast dtype '{self.autocast}'; use bf16 or fp16 (or leave it off)")
 

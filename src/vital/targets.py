@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from vital.errors import VitalError
+
+
+def safe_name(text: str) -> str:
+    """A file-name part made from a layer name: letters, digits, '_' and '-' only, so that no name (one holding
+    '/', '..' or a NUL) can write outside the output folder."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class Channel:
         return f"{self.layer}:{self.channel}"
 
     def slug(self) -> str:
-        return f"{self.layer.replace('.', '_')}_ch{self.channel:04d}"
+        return f"{safe_name(self.layer)}_ch{self.channel:04d}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class Direction:
 
     def slug(self) -> str:
         digest = hashlib.sha1(repr(self.vector).encode()).hexdigest()[:8]  # distinct files for distinct vectors
-        return f"{self.layer.replace('.', '_')}_dir{digest}"
+        return f"{safe_name(self.layer)}_dir{digest}"
 
 
 Target = Class | Channel | Direction
@@ -75,8 +82,12 @@ def parse_names(spec: str) -> list[str]:
     return [v.strip() for v in spec.split(",") if v.strip()]
 
 
-def parse_range(spec: str) -> list[int]:
-    """'1,5,10-12' -> [1, 5, 10, 11, 12]."""
+MAX_INDICES = 100_000  # in one list of indices: more than any layer has channels or any classifier has classes
+
+
+def parse_range(spec: str, limit: int = MAX_INDICES) -> list[int]:
+    """'1,5,10-12' -> [1, 5, 10, 11, 12]. A range is checked before it is expanded: at most `limit` indices in all,
+    and a range must not run backwards."""
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -84,7 +95,12 @@ def parse_range(spec: str) -> list[int]:
             continue
         lo, sep, hi = part.partition("-")
         try:
-            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError as e:
-            raise VitalError(f"cannot read '{part}' as an index or a range a-b") from e
+            raise VitalError(f"cannot read '{part}' as an index or a range a-b of non-negative whole numbers") from e
+        if b < a:
+            raise VitalError(f"range '{part}' runs backwards; write {b}-{a}")
+        if len(out) + b - a + 1 > limit:
+            raise VitalError(f"'{spec}' holds more than {limit} indices; no model has that many classes or channels")
+        out.extend(range(a, b + 1))
     return out

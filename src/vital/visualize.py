@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +15,6 @@ from PIL import Image
 from vital.errors import VitalError
 from vital.io import (
     contact_sheet,
-    ensure_writable,
     loss_curve,
     save_png,
     save_rgba,
@@ -26,7 +26,8 @@ from vital.io import (
 from vital.methods import RunOptions, build_recipe, split_options
 from vital.models.zoo import VisionModel, load_model
 from vital.optimize import optimize
-from vital.references.images import ReferenceSet, load_rgb
+from vital.outputs import save_run
+from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
 from vital.targets import Channel, Class, Direction, Target
 
 
@@ -46,9 +47,16 @@ class Result:
     def transparency(self, i: int):
         return transparency_rgba(self.images[i], self.grad_accumulator[i])
 
-    def save(self, out_dir: str | os.PathLike, sheet: bool = True) -> dict[str, list[Path]]:
-        """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png`."""
-        out = ensure_writable(out_dir)
+    def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
+        """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png` into
+        `out_dir` as one folder (`vital.outputs`: written aside, then renamed into place). A folder holding another
+        run is replaced only with `overwrite`."""
+        final = Path(out_dir).expanduser().absolute() if str(out_dir).strip() else Path("")
+        written = save_run(out_dir, lambda folder: self._write(folder, sheet), overwrite)
+        self.paths = {k: [final / p.name for p in v] for k, v in written.items()}
+        return self.paths
+
+    def _write(self, out: Path, sheet: bool) -> dict[str, list[Path]]:
         images, alphas, rows, outputs = [], [], [], []
         for i, t in enumerate(self.targets):
             stem = t.slug()
@@ -73,16 +81,17 @@ class Result:
         paths = {"images": images, "transparency": alphas, "record": [write_json(record, out / "record.json")]}
         if sheet:
             paths["sheet"] = [contact_sheet(rows, out / "contact_sheet.png")]
-        self.paths = paths
         return paths
 
 
 def _reference_thumbnails(refs: ReferenceSet, n: int = 6) -> list[Image.Image]:
     out = [im for _, im in refs.images[:n]]
-    for p in refs.files[: n - len(out)]:
+    for p in refs.files:
+        if len(out) >= n:
+            break
         try:
             out.append(load_rgb(p))
-        except OSError:
+        except UNREADABLE:
             continue
     return out
 
@@ -113,6 +122,10 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
     for t in targets:
         _check_target(model, t)
+    repeated = sorted(str(t) for t, c in Counter(targets).items() if c > 1)
+    if repeated:
+        raise VitalError(f"target {repeated[0]} appears more than once in the batch; each target is visualised once "
+                         "(its files would overwrite each other)")
     run_kwargs, method_opts = split_options(method, options)
     opts = RunOptions(steps=steps, setting=setting, seed=seed, progress=progress, **run_kwargs)
     t0 = time.perf_counter()
@@ -134,7 +147,7 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         "parameterization": recipe.param.state(),
         "recipe": recipe.record,
         "references": [None if r is None else {"source": r.source, "requested": r.requested, "files": r.describe(),
-                                               "origin": r.origin} for r in refs],
+                                               "skipped": dict(r.skipped), "origin": r.origin} for r in refs],
         "seed": seed,
         "device": str(model.device),
         "versions": versions(),

@@ -191,6 +191,10 @@ def _embedding(t: _Table, judge: VisionModel | None, real_images: Mapping[int, S
     real = [(im, k) for k, ims in (real_images or {}).items() for im in ims]
     groups = {"real": ([im for im, _ in real], [k for _, k in real])} if real else {}
     groups.update({m: ([t.images[i] for i in idx], [t.targets[i] for i in idx]) for m, idx in t.by_method.items()})
+    count = sum(len(images) for images, _ in groups.values())
+    if count < 3:  # t-SNE needs three points: the table stands without the plot
+        t.note(f"no t-SNE embedding: it needs at least 3 images, got {count}")
+        return
     names = {k: judge.class_name(k) for k in set(t.targets)}
     t.table.meta["embedding"] = str(embedding_plot(judge, groups, path, class_names=names, progress=progress))
 

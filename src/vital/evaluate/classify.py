@@ -27,25 +27,30 @@ DEFAULT_JUDGES = ("efficientnet_lite1", "efficientnet_lite2")
 def as_image_list(images: Images) -> list[torch.Tensor]:
     """A batch tensor (B,3,H,W), or a list of (3,H,W) tensors and/or image paths, as float (3,H,W) tensors in
     [0,1] on the CPU (images of different sizes stay separate)."""
-    from vital.references.images import load_rgb
+    from vital.references.images import UNREADABLE, load_rgb
+
+    def checked(im: torch.Tensor, i: int) -> torch.Tensor:
+        if not bool(torch.isfinite(im).all()):  # clamping would turn NaN into a valid-looking image
+            raise VitalError(f"image {i} has NaN or infinite pixels; it cannot be judged")
+        return im.detach().float().cpu().clamp(0, 1)
 
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or images.shape[1] != 3:
             raise VitalError(f"images must be (B, 3, H, W) in [0,1], got shape {tuple(images.shape)}")
-        return [im.detach().float().cpu().clamp(0, 1) for im in images]
+        return [checked(im, i) for i, im in enumerate(images)]
     out = []
-    for im in images:
+    for i, im in enumerate(images):
         if isinstance(im, torch.Tensor):
             if im.dim() == 4 and im.shape[0] == 1:
                 im = im[0]
             if im.dim() != 3 or im.shape[0] != 3:
                 raise VitalError(f"an image tensor must be (3, H, W) in [0,1], got shape {tuple(im.shape)}")
-            out.append(im.detach().float().cpu().clamp(0, 1))
+            out.append(checked(im, i))
         else:
             try:
                 out.append(TF.to_tensor(load_rgb(im)))
-            except OSError as e:
-                raise VitalError(f"cannot read image {im}: {e}. Check the path.") from e
+            except UNREADABLE as e:
+                raise VitalError(f"cannot read image {im} ({type(e).__name__}); check the path") from e
     return out
 
 

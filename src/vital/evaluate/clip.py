@@ -64,6 +64,9 @@ def _load(arch: str, weights: str, device: str):
     """(model, preprocess, tokenizer) of open_clip `arch` from the local checkpoint `weights`, never downloaded."""
     import open_clip
 
+    if not Path(weights).is_file():  # open_clip would take a name such as "openai" as a download
+        raise VitalError(f"CLIP weights file {weights} does not exist; pass a local open_clip checkpoint with "
+                         "--clip-weights (weights are never downloaded)")
     with hf_offline():
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)

@@ -18,6 +18,9 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
                                           "[speed] or [mine]")
     p.add_argument("--model", "-m", default=None, help="model name (resnet50, efficientnet_lite0, timm:NAME, ...)")
     p.add_argument("--factory", default=None, help="package.module:function returning the model (instead of --model)")
+    p.add_argument("--allow-factory", action="store_true",
+                   help="let the job file name a model factory: it imports and runs that code, so only for files "
+                        "you trust")
     p.add_argument("--weights", default=None, help="'default' (pretrained, from disk), 'none' or a file")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     t = p.add_argument_group("targets")
@@ -65,6 +68,9 @@ def job_dict(a: argparse.Namespace) -> dict[str, Any]:
     from vital.jobs.spec import read_job_file
 
     d: dict[str, Any] = read_job_file(a.job) if a.job else {}
+    if d.get("factory") is not None and a.factory is None and not a.allow_factory:
+        raise VitalError(f"job file {a.job} names a model factory ({d['factory']!r}): running it imports and calls "
+                         "code from your Python path; pass --allow-factory if you trust this file")
     for key in ("model", "factory", "weights", "device", "method", "steps", "setting", "seed", "batch_size"):
         _set(d, key, getattr(a, key))
     if a.mine is not None or "mine" in d:

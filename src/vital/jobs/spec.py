@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from vital import validate
 from vital.errors import VitalError, closest
-from vital.methods import option_names
+from vital.methods import RunOptions, option_names, split_options
 from vital.models.zoo import VisionModel, load_model
 from vital.references.spec import ReferenceSpec
 from vital.speed import SpeedOptions
@@ -41,6 +42,10 @@ class ModelSpec:
     factory: str | None = None
 
     def __post_init__(self) -> None:
+        for key in ("name", "weights", "factory"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise VitalError(f"{'model' if key == 'name' else key} must be text, got {value!r}")
         if (self.name is None) == (self.factory is None):
             raise VitalError("give exactly one of model (a name such as resnet50) or factory (package.module:function)")
         if self.factory is not None and ":" not in self.factory:
@@ -113,8 +118,14 @@ class Job:
         if bad:
             raise VitalError(f"unknown option(s) {sorted(bad)} in [options] for method {self.method}; valid: "
                              f"{sorted(valid)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise VitalError(f"batch_size must be at least 1, got {self.batch_size}")
+        validate.integer("batch_size", self.batch_size, low=1)
+        if not isinstance(self.options, Mapping):
+            raise VitalError(f"[options] must be a table of option = value, got {self.options!r}")
+        # every value is checked now, by the same option classes a run uses, before anything is written to --out
+        run_kwargs, _ = split_options(self.method, dict(self.options))
+        RunOptions(steps=self.steps, setting=self.setting, seed=self.seed, **run_kwargs)
+        if self.device is not None and not isinstance(self.device, str):
+            raise VitalError(f"device must be a name such as cpu or cuda, got {self.device!r}")
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides the results (not the device, batch size being fixed per output folder)."""
@@ -139,8 +150,13 @@ class MineJob:
     def __post_init__(self) -> None:
         if not self.layers:
             raise VitalError("no layers to mine; give --mine LAYER[,LAYER...]")
-        if self.shards < 1 or self.batch_size < 1:
-            raise VitalError(f"shards and batch_size must be at least 1, got {self.shards} and {self.batch_size}")
+        validate.names("layers", self.layers)
+        if not isinstance(self.images, str) or not self.images:
+            raise VitalError(f"images must be a folder path, got {self.images!r}")
+        validate.integer("k", self.k, low=1, optional=False)
+        validate.integer("n_images", self.n_images, low=1)
+        validate.integer("shards", self.shards, low=1, optional=False)
+        validate.integer("batch_size", self.batch_size, low=1, optional=False)
 
 
 def _targets(spec: Mapping[str, Any]) -> tuple[Target, ...]:
@@ -149,12 +165,19 @@ def _targets(spec: Mapping[str, Any]) -> tuple[Target, ...]:
         raise VitalError(f"unknown key(s) {sorted(unknown)} in [targets]; use classes, layer, channels")
 
     def indices(value) -> list[int]:
-        return parse_range(value) if isinstance(value, str) else [int(v) for v in value]
+        if isinstance(value, str):
+            return parse_range(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise VitalError(f"[targets] indices must be a range such as '0-9' or a list of whole numbers, got "
+                             f"{value!r}")
+        return list(value)
 
     out: list[Target] = [Class(k) for k in indices(spec.get("classes", []))]
     if "channels" in spec:
-        if not spec.get("layer"):
-            raise VitalError("channels need a layer (--layer layer4.2 --channels 0-2047)")
+        if not spec.get("layer") or not isinstance(spec["layer"], str):
+            raise VitalError("channels need a layer name (--layer layer4.2 --channels 0-2047)")
         out += [Channel(spec["layer"], c) for c in indices(spec["channels"])]
     elif "layer" in spec:
         raise VitalError(f"layer '{spec['layer']}' is given without channels; add --channels 0-N")
@@ -165,7 +188,9 @@ _TOP_KEYS = {"model", "weights", "factory", "method", "steps", "setting", "seed"
              "targets", "references", "options", "speed", "mine"}
 
 
-def _section(d: Mapping[str, Any], cls, name: str):
+def _section(d: Any, cls, name: str):
+    if not isinstance(d, Mapping):
+        raise VitalError(f"[{name}] must be a table of key = value, got {d!r}")
     valid = {f.name for f in fields(cls)}
     unknown = set(d) - valid
     if unknown:
@@ -175,7 +200,15 @@ def _section(d: Mapping[str, Any], cls, name: str):
 
 
 def job_from_dict(d: Mapping[str, Any]) -> Job | MineJob:
-    """A `Job` (or a `MineJob` when there is a [mine] section) from a parsed job file merged with flags."""
+    """A `Job` (or a `MineJob` when there is a [mine] section) from a parsed job file merged with flags. Every
+    value is checked here, before anything is written."""
+    try:
+        return _job_from_dict(d)
+    except TypeError as e:  # a value of the wrong kind that reached a constructor
+        raise VitalError(f"the job has a value of the wrong type ({e}); see `vital batch --help` for each key") from e
+
+
+def _job_from_dict(d: Mapping[str, Any]) -> Job | MineJob:
     unknown = set(d) - _TOP_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -198,8 +231,14 @@ def job_from_dict(d: Mapping[str, Any]) -> Job | MineJob:
 def read_job_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise VitalError(f"job file {path} does not exist") from e
+    except IsADirectoryError as e:
+        raise VitalError(f"job file {path} is a folder; give the TOML file") from e
+    except UnicodeDecodeError as e:
+        raise VitalError(f"job file {path} is not UTF-8 text; save it as UTF-8 TOML") from e
+    except OSError as e:
+        raise VitalError(f"cannot read job file {path} ({e.strerror or type(e).__name__})") from e
     except tomllib.TOMLDecodeError as e:
         raise VitalError(f"job file {path} is not valid TOML: {e}") from e

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vital import validate
 from vital.errors import VitalError, closest
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term
@@ -40,6 +41,18 @@ class RunOptions:
     lr: float | None = None
     warmup: int | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate.integer("steps", self.steps, low=1)
+        validate.integer("setting", self.setting, low=0, high=2, optional=False)
+        validate.integer("seed", self.seed, low=0, high=2**63 - 1, optional=False)
+        for name in ("tv_l2", "tv_l1", "l2"):
+            validate.number(name, getattr(self, name), low=0)
+        validate.integer("jitter", self.jitter, low=0)
+        validate.flag("flip", self.flip)
+        validate.number("lr", self.lr, high=validate.LR_MAX, positive=True)
+        validate.integer("warmup", self.warmup, low=0)
+        validate.flag("progress", self.progress)
 
 
 @dataclass

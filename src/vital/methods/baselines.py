@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vital import validate
 from vital.errors import VitalError
 from vital.methods.base import (
     Recipe,
@@ -68,8 +69,9 @@ class MacoOptions:
     crops: int = MACO_CROPS
 
     def __post_init__(self) -> None:
-        if int(self.crops) != self.crops or self.crops < 1:
-            raise VitalError(f"crops must be a whole number >= 1, got {self.crops}")
+        validate.integer("crops", self.crops, low=1, optional=False)
+        if self.magnitude is not None and not isinstance(self.magnitude, str):
+            raise VitalError(f"magnitude must be a file path, got {self.magnitude!r}")
 
 
 @register("maco", MacoOptions)
@@ -108,6 +110,9 @@ class DeepInversionOptions:
     """bn_weight: weight of the BatchNorm statistics term."""
 
     bn_weight: float = DEEPINVERSION_BN_WEIGHT
+
+    def __post_init__(self) -> None:
+        validate.number("bn_weight", self.bn_weight, low=0, optional=False)
 
 
 @register("deepinversion", DeepInversionOptions, couples_batch=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from vital import validate
 from vital.errors import VitalError
 from vital.features import LayerRow, layer_table, resolve_modules, upstream_of
 from vital.methods.base import (
@@ -54,18 +55,14 @@ class VitalOptions:
     param: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("relevance", self.relevance, RELEVANCE_METHODS)
-        _check_choice("mask", self.mask, MASK_RULES)
-        _check_choice("param", self.param, PARAMS)
+        validate.choice("relevance", self.relevance, RELEVANCE_METHODS)
+        validate.choice("mask", self.mask, MASK_RULES)
+        validate.choice("param", self.param, PARAMS)
+        validate.names("layers", self.layers)
+        validate.numbers("layer_weights", self.layer_weights, low=0)
+        validate.number("feat_dist", self.feat_dist, low=0, optional=False)
         for name in ("target_weight", "unweighted"):
-            v = getattr(self, name)
-            if v is not None and not v >= 0:
-                raise VitalError(f"{name} must be a number >= 0, got {v}")
-
-
-def _check_choice(name: str, value: str | None, choices: Sequence[str]) -> None:
-    if value is not None and value not in choices:
-        raise VitalError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
+            validate.number(name, getattr(self, name), low=0)
 
 
 # Channel defaults, chosen by bench/quality_neuron.py (bench/RESULTS.md): relevance-weighted reference

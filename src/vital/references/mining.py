@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 import warnings
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -29,7 +27,7 @@ from vital.errors import VitalError
 from vital.features import FeatureExtractor
 from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
-from vital.references.images import list_images, load_rgb
+from vital.references.images import UNREADABLE, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, effective_field, receptive_field
 from vital.references.store import (
     FILES,
@@ -41,12 +39,12 @@ from vital.references.store import (
     MiningStore,
     ModelSpaceDataset,
     final_tensors,
+    read_json,
     store_index,
 )
 
 __all__ = ["MiningStore", "mine"]
 
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _preprocessing(model: VisionModel, size: int) -> dict[str, Any]:
@@ -66,7 +64,7 @@ class _Folder(Dataset):
     def __getitem__(self, i: int):
         try:
             return self.transform(load_rgb(self.root / self.files[i])), i, True, self.files[i]
-        except _UNREADABLE:
+        except UNREADABLE:
             return torch.zeros(3, self.size, self.size), i, False, self.files[i]
 
 
@@ -239,6 +237,7 @@ class _Pass:
         try:
             with torch.no_grad():
                 for step, (x, idx, ok, ident) in enumerate(loader, 1):
+                    ok = ok & torch.isfinite(x).flatten(1).all(1)  # a NaN or inf image is unreadable, not a score
                     lists, seen, skipped = self.state
                     for i, name in zip(idx.tolist(), ident, strict=True):
                         self.names[i] = name
@@ -329,8 +328,8 @@ def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None
                              "folder")
         write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
         return None
-    old = json.loads((path / INDEX).read_text())
-    if old.get("format") != FORMAT:
+    old = read_json(path / INDEX, "the store's index")
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
         raise VitalError(f"{path / INDEX} is not a {FORMAT} index; use another --out")
     problem = _mismatch(path, {key: old.get(key) for key in HEADER_KEYS}, header)
     if problem:
@@ -340,4 +339,11 @@ def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None
         (path / FILES).unlink(missing_ok=True)
         write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
         return None
-    return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not {"lists", "seen", "skipped", "created", "complete"} <= set(saved):
+            raise ValueError("not a mining checkpoint")
+    except Exception as e:
+        raise VitalError(f"{path / STATE} is damaged ({type(e).__name__}); delete the store folder and mine "
+                         "again") from e
+    return saved

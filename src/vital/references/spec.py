@@ -30,6 +30,9 @@ class ReferenceSpec:
             raise VitalError(f"references from a {self.source} need a path (--refs PATH)")
         if self.kind not in ("images", "patches"):
             raise VitalError(f"unknown reference kind '{self.kind}'; use images or patches")
+        from vital import validate
+
+        validate.integer("the number of references (-n)", self.n, low=1, optional=False)
 
     @staticmethod
     def flag_fields(refs: str, flat: bool = False, classes: bool = True) -> dict[str, str]:

@@ -57,6 +57,36 @@ class ModelSpaceDataset(Dataset):
         return x, i, True, str(ident) if isinstance(ident, (str, os.PathLike)) else ""
 
 
+def read_json(path: Path, what: str) -> Any:
+    """JSON from disk as a one-line error when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VitalError(f"cannot read {what} {path} ({type(e).__name__}); it is damaged: mine again into a new "
+                         "folder") from e
+
+
+_TENSORS = ("image_scores", "image_index", "patch_scores", "patch_index", "patch_boxes")
+
+
+def _check_consistent(path: Path, channels: dict[str, int], k: Any, tensors: Any, files: Any) -> None:
+    """The data file belongs to this index: the same layers and channel counts, indices into the file list."""
+    bad = f"{path / STATE} does not match {path / INDEX}"
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise VitalError(f"{path / FILES} is not a list of file names; mine again into a new folder")
+    if not isinstance(tensors, dict) or set(tensors) != set(channels):
+        raise VitalError(f"{bad} (other layers: taken from another store?); mine again into a new folder")
+    for layer, c in channels.items():
+        t = tensors[layer]
+        if not isinstance(t, dict) or any(not torch.is_tensor(t.get(name)) for name in _TENSORS):
+            raise VitalError(f"{bad} (layer '{layer}' lacks its tensors); mine again into a new folder")
+        if any(t[name].shape[0] != c for name in _TENSORS) or (isinstance(k, int) and t["patch_index"].shape[1] > k):
+            raise VitalError(f"{bad} (layer '{layer}' has other shapes: taken from another store?); mine again")
+        for name in ("image_index", "patch_index"):
+            if t[name].numel() and (int(t[name].min()) < 0 or int(t[name].max()) >= len(files)):
+                raise VitalError(f"{bad} (image indices beyond its {len(files)} files); mine again into a new folder")
+
+
 class MiningStore:
     """Top images and patches per channel of the mined layers. Built by `mine`; `MiningStore.load` reopens it.
 
@@ -78,15 +108,29 @@ class MiningStore:
         path = Path(path)
         if not (path / INDEX).is_file():
             raise VitalError(f"{path} is not a mining store (no {INDEX}); create one with `vital mine`")
-        index = json.loads((path / INDEX).read_text())
-        if index.get("format") != FORMAT:
+        index = read_json(path / INDEX, "the store's index")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise VitalError(f"{path / INDEX} is not a {FORMAT} index; mine again into a new folder")
-        if not index["complete"]:
-            raise VitalError(f"store at {path} is incomplete ({index['images_processed']} of "
-                             f"{index['dataset']['count']} images); run `vital mine` again with the same arguments "
+        try:
+            complete, layers, dataset = bool(index["complete"]), dict(index["layers"]), dict(index["dataset"])
+            channels = {n: int(info["channels"]) for n, info in layers.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise VitalError(f"{path / INDEX} is damaged ({type(e).__name__}: {e}); mine again into a new "
+                             "folder") from e
+        if not complete:
+            raise VitalError(f"store at {path} is incomplete ({index.get('images_processed')} of "
+                             f"{dataset.get('count')} images); run `vital mine` again with the same arguments "
                              "to finish it")
-        tensors = torch.load(path / STATE, map_location="cpu", weights_only=True)["final"]
-        files = json.loads((path / FILES).read_text())
+        if not (path / STATE).is_file() or not (path / FILES).is_file():
+            raise VitalError(f"store at {path} lacks {STATE if not (path / STATE).is_file() else FILES}; mine again "
+                             "into a new folder")
+        try:
+            tensors = torch.load(path / STATE, map_location="cpu", weights_only=True)["final"]
+        except Exception as e:  # truncated, random bytes, or something that is not a store's state
+            raise VitalError(f"{path / STATE} is damaged or not a mining store's data ({type(e).__name__}); mine "
+                             "again into a new folder") from e
+        files = read_json(path / FILES, "the store's file list")
+        _check_consistent(path, channels, index.get("k"), tensors, files)
         return cls(index, tensors, files, path, images)
 
     @property
