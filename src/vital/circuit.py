@@ -1,0 +1,151 @@
+"""Circuits: which upstream channels a neuron's evidence comes from, by LRP relevance over its references.
+
+For a target channel, the relevance of its references (the same LRP that weights VITAL's alignment) is captured
+at each matched layer upstream of it, summed over the references and over positions, per channel. A channel's
+share is its part of that layer's total: the "where" of circuit analysis, paired with VITAL's "what" when those
+channels are visualised too (`vital circuit`). Written as circuit.json and drawn as an SVG graph, edges weighted by
+share, on the neuron's atlas page.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vital.errors import VitalError
+from vital.features import FeatureExtractor, upstream_of
+from vital.io import write_json
+from vital.models.zoo import VisionModel
+from vital.references.images import ReferenceSet
+
+FORMAT = "vital-circuit/1"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One upstream channel: its share of the layer's relevance for the target, and the relevance itself."""
+
+    layer: str
+    channel: int
+    share: float
+    relevance: float
+
+
+@dataclass
+class Circuit:
+    """The top upstream channels of (layer, channel) at each of `layers` (nearest first)."""
+
+    model: str
+    layer: str
+    channel: int
+    relevance: str
+    references: int
+    layers: list[str]
+    sources: dict[str, list[Source]] = field(default_factory=dict)
+    # (from layer, from channel, to layer, to channel, share): the share of the "to" channel's own relevance, on the
+    # target's references, that comes from the "from" channel; the first column feeds the target itself
+    edges: list[tuple[str, int, str, int, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"format": FORMAT, "model": self.model, "layer": self.layer, "channel": self.channel,
+                "relevance": self.relevance, "references": self.references, "layers": self.layers,
+                "sources": {n: [asdict(s) for s in v] for n, v in self.sources.items()},
+                "edges": [list(e) for e in self.edges]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(self.as_dict(), path)
+
+
+def channel_relevance(model: VisionModel, layer: str, channel: int, images: torch.Tensor, upstream: Sequence[str],
+                      method: str = "lrp") -> dict[str, torch.Tensor]:
+    """{upstream layer: (C,) relevance of each of its channels for `channel` of `layer`}, summed over the images
+    (model input space) and positions."""
+    from vital.relevance import RelevanceEngine
+
+    engine = RelevanceEngine(model.module, layer, list(upstream), method)
+    extractor = FeatureExtractor(model.module, list(upstream))
+    totals: dict[str, torch.Tensor] = {}
+    for chunk in images.split(8):
+        chunk = chunk.to(model.device, model.dtype)
+        rel = engine(chunk, channel)
+        extractor(chunk)  # the layers' layouts, read once
+        for n in upstream:
+            from vital.layout import to_positions
+
+            r = to_positions(rel[n], extractor.layouts[n]).double().sum(dim=(0, 2))
+            totals[n] = totals.get(n, 0) + r
+    return totals
+
+
+def circuit(model: VisionModel, layer: str, channel: int, references: ReferenceSet,
+            layers: Sequence[str] | None = None, depth: int = 2, top: int = 4, method: str = "lrp") -> Circuit:
+    """The `top` upstream channels at each of the `depth` matched layers nearest to `layer` (the preset's, or
+    `layers`), by their share of the relevance of the target's references."""
+    if depth < 1 or top < 1:
+        raise VitalError(f"depth and top must be at least 1, got {depth} and {top}")
+    candidates = list(layers) if layers else list(model.preset.layers or ())
+    upstream = upstream_of(model.module, layer, candidates, size=model.size)
+    if not upstream:
+        raise VitalError(f"no matched layer is upstream of '{layer}' ({', '.join(candidates)}); pass --layers")
+    chosen = upstream[::-1][:depth]  # nearest first
+    images = references.load(model.transform())
+    totals = channel_relevance(model, layer, channel, images, chosen, method)
+    out = Circuit(model.name, layer, channel, method, len(images), chosen)
+    for n in chosen:
+        t = totals[n]
+        whole = float(t.sum())
+        if whole <= 0:
+            raise VitalError(f"channel {channel} of '{layer}' has no positive relevance at '{n}' on its references; "
+                             "pick references where the channel responds")
+        order = torch.argsort(t, descending=True)[:top]
+        out.sources[n] = [Source(n, int(c), float(t[c]) / whole, float(t[c])) for c in order]
+    out.edges = [(s.layer, s.channel, layer, channel, s.share) for s in out.sources[chosen[0]]]
+    for near, far in zip(chosen, chosen[1:], strict=False):  # each source's own sources one layer further up
+        for node in out.sources[near]:
+            t = channel_relevance(model, near, node.channel, images, [far], method)[far]
+            whole = float(t.sum())
+            for s in out.sources[far]:
+                out.edges.append((far, s.channel, near, node.channel, float(t[s.channel]) / whole if whole > 0 else 0.0))
+    return out
+
+
+def svg(data: dict, link: dict[tuple[str, int], str] | None = None, width: int = 640) -> str:
+    """The circuit as an SVG graph: the target on the right, each upstream layer a column to its left (nearest
+    first), an edge per recorded share, its width and opacity by the share. `link` maps (layer, channel) to a page
+    for clickable nodes."""
+    layers = data["layers"]
+    cols = len(layers) + 1
+    rows = max([len(v) for v in data["sources"].values()] + [1])
+    w, h = width, 70 + rows * 64
+    xs = [w - 70 - i * (w - 140) / max(1, cols - 1) for i in range(cols)]
+    pos: dict[tuple[str, int], tuple[float, float]] = {(data["layer"], data["channel"]): (xs[0], h / 2)}
+    shares: dict[tuple[str, int], float] = {}
+    for i, n in enumerate(layers):
+        srcs = data["sources"].get(n, [])
+        for j, s in enumerate(srcs):
+            pos[(n, s["channel"])] = (xs[i + 1], 30 + (j + 0.5) * (h - 60) / max(1, len(srcs)))
+            shares[(n, s["channel"])] = s["share"]
+    e = html.escape
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+             'font-family="sans-serif" font-size="11">']
+    for fl, fc, tl, tc, share in data.get("edges", []):
+        if (fl, fc) in pos and (tl, tc) in pos:
+            (x1, y1), (x2, y2) = pos[(fl, fc)], pos[(tl, tc)]
+            parts.append(f'<line x1="{x1 + 26:.1f}" y1="{y1:.1f}" x2="{x2 - 26:.1f}" y2="{y2:.1f}" stroke="#c0392b" '
+                         f'stroke-width="{0.5 + 10 * share:.2f}" stroke-opacity="{0.2 + 0.8 * share:.2f}">'
+                         f"<title>{e(fl)}:{fc} to {e(tl)}:{tc}: {100 * share:.1f}%</title></line>")
+    for (layer, c), (x, y) in pos.items():
+        share = shares.get((layer, c))
+        label = e(layer) + (f" · {100 * share:.0f}%" if share is not None else " (target)")
+        node = (f'<rect x="{x - 26:.1f}" y="{y - 13:.1f}" width="52" height="26" rx="5" fill="#fdf2e9" '
+                f'stroke="#7f8c8d"/><text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" font-weight="bold">{c}'
+                f'</text><text x="{x:.1f}" y="{y + 25:.1f}" text-anchor="middle">{label}</text>')
+        href = (link or {}).get((layer, c))
+        parts.append(f'<a href="{e(href)}">{node}</a>' if href else node)
+    parts.append("</svg>")
+    return "".join(parts)
