@@ -345,7 +345,8 @@ def test_evaluate_builds_the_paper_table(tmp_path):
     assert table.rows["maco"]["target top-1"] == 0.0 and table.rows["maco"]["target top-5"] == 50.0
     assert [pv["target rank"] for pv in table.per_visual] == [1, 1, 6, 3]
     # FID of vital: its 2 images vs the real images of classes 0 and 1 (4); maco: classes 0 and 2 (only 0 has reals)
-    assert table.rows["vital"]["FID n (vis/real)"] == "2/4" and table.rows["maco"]["FID n (vis/real)"] == "2/2"
+    assert table.rows["vital"]["FID/KID n (vis/real)"] == "2/4" and table.rows["maco"]["FID/KID n (vis/real)"] == "2/2"
+    assert " ± " in table.rows["vital"]["KID"] and any("vital: KID" in n and "n=2 vs 4" in n for n in table.notes)
     want = fid([solid([1, 0, 0]), solid([0, 1, 0])], real[0] + real[1]).value
     assert table.rows["vital"]["FID"] == pytest.approx(want, rel=1e-6)
     assert any("class(es) [2]" in n for n in table.notes)

@@ -83,8 +83,9 @@ def test_direction_target_maximises_the_projection(tiny_model, refs):
     with pytest.raises(VitalError, match="direction has 3 components"):
         vital.visualize(tiny_model, vital.Direction("stage1", (1.0, 0.0, 0.0)), None, method="pixel", steps=1,
                         progress=False)
-    with pytest.raises(VitalError, match="visualise a direction with method"):
-        vital.visualize(tiny_model, vital.Direction("stage1", v), refs, steps=1, progress=False)
+    # VITAL takes directions too: relevance starts from the readout (tests/test_units.py goes further)
+    res = vital.visualize(tiny_model, vital.Direction("stage1", v), refs, steps=2, warmup=1, progress=False)
+    assert torch.isfinite(res.history).all()
 
 
 def test_channel_objective_with_several_views_per_sample(tiny_model):

@@ -75,3 +75,15 @@ def test_retrieval_ranks_by_mean_cosine():
     assert r.ranks == [1, 1, 2] and r.top1 == pytest.approx(2 / 3) and r.chance == pytest.approx(1 / 3)
     cos = (vis[2] / np.linalg.norm(vis[2])) @ (sets[0][1] / np.linalg.norm(sets[0][1]))
     assert r.scores[2, 0] == pytest.approx((vis[2][0] / np.linalg.norm(vis[2]) + cos) / 2)
+
+
+def test_kid_matches_torchmetrics():
+    """Our unbiased polynomial MMD against torchmetrics' (an independent implementation; equal set sizes, which its
+    formula assumes), and KID's subset mean over one subset holding every image."""
+    tm = pytest.importorskip("torchmetrics.image.kid")
+    rng = np.random.default_rng(3)
+    fa, fb = rng.normal(size=(30, 12)), rng.normal(0.3, 1.2, size=(30, 12))
+    theirs = float(tm.poly_mmd(torch.from_numpy(fa), torch.from_numpy(fb)))
+    assert polynomial_mmd2(fa, fb) == pytest.approx(theirs, rel=1e-10)
+    whole = kid_from_features(fa, fb, subsets=3, subset_size=30)
+    assert whole.mean == pytest.approx(theirs, rel=1e-10) and whole.std == pytest.approx(0.0, abs=1e-12)

@@ -47,6 +47,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (VITAL default 1.0)")
     g.add_argument("--warmup", type=int, default=None, help="warmup steps (default 100)")
+    g.add_argument("--copies", type=int, default=1, help="images per target, optimised together (default 1)")
+    g.add_argument("--diversity", type=float, default=0.0,
+                   help="weight of the diversity term among a target's copies (lucent's; e.g. 0.5 with --copies 3)")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -63,7 +66,7 @@ def _checked(a: argparse.Namespace, **method_options) -> None:
 def _run_options(a: argparse.Namespace) -> dict:
     return dict(steps=a.steps, setting=a.setting, seed=a.seed, layers=a.layers, layer_weights=a.layer_weights,
                 tv_l2=a.tv_l2, tv_l1=a.tv_l1, l2=a.l2, jitter=a.jitter, flip=a.flip, lr=a.lr, warmup=a.warmup,
-                progress=not a.quiet)
+                copies=a.copies, diversity=a.diversity, progress=not a.quiet)
 
 
 def cmd_class(a: argparse.Namespace) -> int:
@@ -111,7 +114,18 @@ def cmd_neuron(a: argparse.Namespace) -> int:
     from vital.targets import parse_channels
     from vital.visualize import visualize
 
-    targets = _once([t for spec in a.channels for t in parse_channels(spec, a.layer)], "channel")
+    if a.direction is not None:
+        from vital.targets import load_directions
+
+        if not a.layer:
+            raise VitalError("--direction FILE needs --layer: the layer whose channel space the vectors are in")
+        if a.channels:
+            raise VitalError("give either --channel or --direction, not both")
+        targets: list = load_directions(a.direction, a.layer)
+    elif not a.channels:
+        raise VitalError("give --channel LAYER:C (or --direction FILE with --layer)")
+    else:
+        targets = _once([t for spec in a.channels for t in parse_channels(spec, a.layer)], "channel")
     _checked(a, relevance=a.relevance, mask=a.mask, target_weight=a.target_weight, unweighted=a.unweighted,
              param=a.param)
     with RunFolder(a.out, a.overwrite):
@@ -119,11 +133,57 @@ def cmd_neuron(a: argparse.Namespace) -> int:
         if (Path(a.refs) / "index.json").is_file():  # a store mined for another model or layer is refused first
             store = MiningStore.load(a.refs)
             for t in targets:
-                store.check(model, t.layer, t.channel)
+                store.check(model, t.layer, getattr(t, "channel", None))
         result = visualize(model, targets, _refs(a, targets, classes=False), method=a.method,
                            relevance=a.relevance, mask=a.mask, target_weight=a.target_weight,
                            unweighted=a.unweighted, param=a.param, **_run_options(a))
         _print_outputs(result, result.save(a.out, overwrite=a.overwrite))
+    return 0
+
+
+def cmd_circuit(a: argparse.Namespace) -> int:
+    from vital.circuit import circuit, svg
+    from vital.io import ensure_writable
+    from vital.models import load_model
+    from vital.references.images import from_folder
+    from vital.references.mining import MiningStore
+    from vital.targets import Channel, safe_name
+    from vital.visualize import visualize
+
+    _checked(a, relevance=a.relevance)
+    out = ensure_writable(a.out)
+    model = load_model(a.model, a.weights, resolve_device(a.device))
+    store = MiningStore.load(a.refs) if (Path(a.refs) / "index.json").is_file() else None
+    if store is not None:
+        store.check(model, a.layer, a.channel)
+
+    def refs_for(layer: str, channel: int):
+        if store is None:
+            return from_folder(a.refs, n=a.n, seed=a.seed)
+        if layer not in store.layers:
+            raise VitalError(f"the store at {a.refs} has no layer '{layer}' to take references from; mine it too "
+                             f"(vital mine {a.model} --layers {','.join([*store.layers, layer])} ...)")
+        return store.references(layer, channel, "patches", a.n)
+
+    found = circuit(model, a.layer, a.channel, refs_for(a.layer, a.channel), a.layers, a.depth, a.top,
+                    a.relevance or "lrp")
+    data = found.as_dict()
+    print(f"circuit of {a.layer}:{a.channel} over {found.references} references ({found.relevance}):")
+    for n in found.layers:
+        print(f"  {n}: " + ", ".join(f"{s.channel} ({100 * s.share:.1f}%)" for s in found.sources[n]))
+    found.save(out / "circuit.json")
+    (out / "circuit.svg").write_text(svg(data), encoding="utf-8")
+    if a.no_visualize:
+        return 0
+    groups = [(a.layer, [a.channel])] + [(n, [s.channel for s in found.sources[n]]) for n in found.layers]
+    for layer, channels in groups:  # one batch per layer
+        targets = [Channel(layer, c) for c in channels]
+        result = visualize(model, targets, [refs_for(layer, c) for c in channels], method=a.method,
+                           relevance=a.relevance, **_run_options(a))
+        paths = result.save(out / safe_name(layer), overwrite=a.overwrite)
+        for label, p in zip(result.labels, paths["images"], strict=True):
+            print(f"{label}: {p}")
+    print(f"circuit: {out / 'circuit.json'}, {out / 'circuit.svg'}")
     return 0
 
 
@@ -136,7 +196,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     model = load_model(a.model, a.weights, resolve_device(a.device))
     refs = dict(zip(classes, _refs(a, [Class(k) for k in classes], classes=True), strict=True))
     result = compare(model, classes, refs, methods=parse_names(a.methods), out=a.out, judges=parse_names(a.judges),
-                     fid=not a.no_fid, clip_weights=a.clip_weights, **_run_options(a))
+                     fid=not a.no_fid, clip_weights=a.clip_weights, overwrite=a.overwrite, **_run_options(a))
     print(result.table.to_markdown())
     print(f"table: {result.out / 'table.md'} (.csv, .json); embedding: {result.out / 'embedding.png'}")
     print(f"gallery: {result.report}")
@@ -158,10 +218,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not visuals:
         raise VitalError("the run folders hold no class visualizations to evaluate")
     device = resolve_device(a.device)
+    if a.fid and not a.refs:
+        raise VitalError("--fid compares with real images of each class: pass them with --refs (a class folder, a "
+                         "folder of one class's images, or offline)")
     model = load_model(a.model, a.weights, device) if a.model else None
     out = ensure_writable(a.out)
-    table = evaluate(visuals, model, classifiers=parse_names(a.judges), fid=False, clip_weights=a.clip_weights,
-                     embedding_path=out / "embedding.png", device=device, progress=not a.quiet)
+    real = _real_images(a, sorted({v.target_class for v in visuals})) if a.refs else None
+    table = evaluate(visuals, model, classifiers=parse_names(a.judges), real_images=real, fid=a.fid,
+                     clip_weights=a.clip_weights, embedding_path=out / "embedding.png", device=device,
+                     progress=not a.quiet)
     write_table(table, out)
     write_json(run_metrics(table, runs), out / "metrics.json")  # the run folders are read, never written
     print(table.to_markdown())
@@ -169,14 +234,33 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _real_images(a: argparse.Namespace, classes: list[int]) -> dict[int, list]:
+    """Real images per class for FID/KID and the embedding, by the shared --refs rule, as files or [0,1] tensors."""
+    from torchvision.transforms.functional import to_tensor
+
+    from vital.targets import Class
+
+    a.seed = 0
+    refs = _refs(a, [Class(k) for k in classes], classes=True)
+    return {k: list(r.files) + [to_tensor(im.convert("RGB")) for _, im in r.images]
+            for k, r in zip(classes, refs, strict=True)}
+
+
 def cmd_mine(a: argparse.Namespace) -> int:
     from vital.models import load_model
     from vital.references.mining import mine
+    from vital.targets import load_directions
 
+    directions = {}
+    for spec in a.directions:
+        layer, sep, path = spec.partition("=")
+        if not sep or not layer or not path:
+            raise VitalError(f"--directions takes LAYER=FILE (e.g. _blocks.7=dirs.npy), got '{spec}'")
+        directions[layer] = [d.vector for d in load_directions(path, layer)]
     model = load_model(a.model, a.weights, resolve_device(a.device))
     store = mine(model, parse_names(a.layers), a.images, k=a.k, n_images=a.n_images, out=a.out,
                  batch_size=a.batch_size, workers=a.workers, resume=not a.no_resume, progress=not a.quiet,
-                 grid=a.grid)
+                 grid=a.grid, directions=directions or None)
     for layer in store.layers:
         info = store.index["layers"][layer]
         print(f"{layer}: {info.get('channels')} channels, top-{a.k} patches and images per channel")
@@ -253,9 +337,11 @@ def _add_class(sub) -> None:
     c.add_argument("--class", "-c", dest="classes", action="append", required=True,
                    help="class index, list or range (281,967 or 0-9); repeatable")
     c.add_argument("--refs", required=True,
-                   help="ImageNet-style train folder (one sub-folder per class, sorted), with --refs-flat a folder "
-                        "of images of the class, or 'offline' for views of the scikit-image photos")
-    c.add_argument("--refs-flat", action="store_true", help="--refs is one folder of images for every class")
+                   help="ImageNet-style train folder (one sub-folder per class, sorted), a plain folder of images "
+                        "of the class (recognised: it has no sub-folders), or 'offline' for views of the "
+                        "scikit-image photos")
+    c.add_argument("--refs-flat", action="store_true", help="--refs is one folder of images for every class, even "
+                                                             "if it has sub-folders")
     c.add_argument("-n", type=int, default=50, help="reference images per class (default 50)")
     _add_run(c)
     c.set_defaults(func=cmd_class)
@@ -264,9 +350,11 @@ def _add_class(sub) -> None:
 def _add_neuron(sub) -> None:
     ne = sub.add_parser("neuron", help="visualise channels of layers (several --channel values run as one batch)")
     _add_model(ne)
-    ne.add_argument("--channel", "-c", dest="channels", action="append", required=True,
-                    help="LAYER:CHANNELS (e.g. _blocks.10:5 or layer4.2:0-3,7), or channels of --layer (an index, "
-                         "list or range); repeatable")
+    ne.add_argument("--channel", "-c", dest="channels", action="append", default=[],
+                    help="LAYER:CHANNELS (e.g. _blocks.10:5 or layer4.2:0-3,7), one unit LAYER:C@Y,X, or channels of "
+                         "--layer (an index, list or range); repeatable")
+    ne.add_argument("--direction", default=None, help="a .npy or .pt file of one direction (C,) or several (K, C) "
+                                                      "in the channel space of --layer, instead of --channel")
     ne.add_argument("--layer", "-l", default=None, help="dotted layer name of bare --channel values (see `vital "
                                                         "layers MODEL`)")
     ne.add_argument("--refs", required=True, help="a store written by `vital mine`, or a folder of the neuron's "
@@ -293,6 +381,37 @@ def _add_neuron(sub) -> None:
     ne.set_defaults(func=cmd_neuron)
 
 
+def cmd_atlas(a: argparse.Namespace) -> int:
+    from vital.atlas import build_atlas
+
+    print(f"atlas: {build_atlas(a.out, a.sources, progress=not a.quiet)}")
+    return 0
+
+
+def _add_atlas(sub) -> None:
+    at = sub.add_parser("atlas", help="a static site to browse whole layers: batch outputs, runs, circuits, stores")
+    at.add_argument("out", help="folder of the site (rebuilt incrementally)")
+    at.add_argument("sources", nargs="+", help="batch outputs, run folders, circuit folders and mining stores")
+    at.add_argument("--quiet", "-q", action="store_true")
+    at.set_defaults(func=cmd_atlas)
+
+
+def _add_circuit(sub) -> None:
+    ci = sub.add_parser("circuit", help="the upstream channels a neuron's relevance comes from, visualised too")
+    _add_model(ci)
+    ci.add_argument("--layer", required=True, help="the target's layer")
+    ci.add_argument("--channel", type=int, required=True, help="the target channel")
+    ci.add_argument("--refs", required=True, help="a mining store with the target's and the upstream layers "
+                                                  "(or a folder of images used for every channel)")
+    ci.add_argument("-n", type=int, default=16, help="references per channel (default 16)")
+    ci.add_argument("--depth", type=int, default=2, help="matched upstream layers, nearest first (default 2)")
+    ci.add_argument("--top", type=int, default=4, help="channels per upstream layer (default 4)")
+    ci.add_argument("--relevance", default=None, help="lrp (default) or lrp-restricted")
+    ci.add_argument("--no-visualize", action="store_true", help="only compute and draw the circuit")
+    _add_run(ci)
+    ci.set_defaults(func=cmd_circuit)
+
+
 def _add_compare_and_eval(sub) -> None:
     cp = sub.add_parser("compare", help="run several methods on several classes, evaluate, table + gallery")
     _add_model(cp)
@@ -308,13 +427,19 @@ def _add_compare_and_eval(sub) -> None:
     _add_run(cp)
     cp.set_defaults(func=cmd_compare)
 
-    ev = sub.add_parser("eval", help="judge the class visualizations of run folders (top-k by models, CLIP)")
+    ev = sub.add_parser("eval", help="judge the class visualizations of run folders (top-k by models, CLIP, "
+                                     "FID and KID with --fid)")
     ev.add_argument("runs", nargs="+", help="run folders (with record.json)")
     ev.add_argument("--model", "-m", default=None, help="the target model, to report its own top-k")
     ev.add_argument("--weights", default="default")
     ev.add_argument("--device", default=None)
     ev.add_argument("--judges", default="efficientnet_lite1,efficientnet_lite2")
     ev.add_argument("--clip-weights", default=None)
+    ev.add_argument("--fid", action="store_true", help="FID and KID against real images of each class (--refs)")
+    ev.add_argument("--refs", default=None, help="real images per class for --fid and the embedding: a class "
+                                                 "folder, a folder of images, or offline")
+    ev.add_argument("--refs-flat", action="store_true")
+    ev.add_argument("-n", type=int, default=50, help="real images per class")
     ev.add_argument("--out", "-o", required=True)
     ev.add_argument("--quiet", "-q", action="store_true")
     ev.set_defaults(func=cmd_eval)
@@ -326,6 +451,9 @@ def _add_mine(sub) -> None:
     mi.add_argument("--weights", default="default")
     mi.add_argument("--device", default=None)
     mi.add_argument("--layers", required=True, help="comma-separated dotted layer names")
+    mi.add_argument("--directions", action="append", default=[], metavar="LAYER=FILE",
+                    help="also mine directions (a .npy/.pt of (C,) or (K, C)) of a layer, by their readout: the "
+                         "references of `vital neuron --direction`; repeatable")
     mi.add_argument("--images", required=True, help="image folder (searched recursively)")
     mi.add_argument("-k", type=int, default=50, help="patches (from distinct images) per channel")
     mi.add_argument("--n-images", type=int, default=None, help="top images per channel (default: k)")
@@ -381,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vital", description="Feature visualization by distribution alignment (VITAL)")
     sub = p.add_subparsers(dest="command", required=True)
     add_batch_parser(sub)
-    for add in (_add_class, _add_neuron, _add_compare_and_eval, _add_mine, _add_runs, _add_info):
+    for add in (_add_class, _add_neuron, _add_circuit, _add_compare_and_eval, _add_mine, _add_runs, _add_info,
+                _add_atlas):
         add(sub)
     return p
 

@@ -35,14 +35,15 @@ class Comparison:
 
 
 def run_method(model: VisionModel, method: str, classes: Sequence[int], refs: dict[int, ReferenceSet],
-               out: Path, **options) -> list[Path]:
-    """Run `method` on `classes` (batched unless the method couples samples); returns the run folders."""
+               out: Path, overwrite: bool = False, **options) -> list[Path]:
+    """Run `method` on `classes` (batched unless the method couples samples); returns the run folders (a run
+    already there is replaced only with `overwrite`)."""
     groups = [[k] for k in classes] if method in UNBATCHED else [list(classes)]
     dirs = []
     for group in groups:
         d = out / method if len(groups) == 1 else out / method / f"class{group[0]:04d}"
         res = visualize(model, [Class(k) for k in group], [refs[k] for k in group], method=method, **options)
-        res.save(d)
+        res.save(d, overwrite=overwrite)
         dirs.append(d)
     return dirs
 
@@ -52,7 +53,8 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
     out = []
     for d in run_dirs:
         rec = json.loads((Path(d) / "record.json").read_text())
-        for t, o in zip(rec["targets"], rec["outputs"], strict=True):
+        for i, o in enumerate(rec["outputs"]):
+            t = rec["targets"][o.get("target_index", i)]
             if t["kind"] == "class":
                 out.append(Visual(Path(d) / o["image"], int(t["index"]), rec["method"], rec["model"]["name"],
                                   Path(d) / o["transparency"], o.get("label", "")))
@@ -98,13 +100,13 @@ def compare(model: VisionModel, classes: Sequence[int], refs: dict[int, Referenc
             methods: Sequence[str] = ("vital", "maco", "fourier", "deepinversion"), out: str | os.PathLike = "out",
             judges: Sequence[str] = ("efficientnet_lite1", "efficientnet_lite2"), fid: bool = True,
             clip_weights: str | None = None, progress: bool = True,
-            method_options: dict[str, dict] | None = None, **options) -> Comparison:
+            method_options: dict[str, dict] | None = None, overwrite: bool = False, **options) -> Comparison:
     """`options` apply to every method; `method_options[method]` override them for one method (e.g. its steps)."""
     out_dir = ensure_writable(out)
     run_dirs: list[Path] = []
     for method in methods:
         opts = {**options, **(method_options or {}).get(method, {})}
-        run_dirs += run_method(model, method, classes, refs, out_dir, progress=progress, **opts)
+        run_dirs += run_method(model, method, classes, refs, out_dir, overwrite, progress=progress, **opts)
     visuals = visuals_from_runs(run_dirs)
     with torch.no_grad():
         table = evaluate(visuals, model, classifiers=judges, real_images=real_images(refs, model), fid=fid,

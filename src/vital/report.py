@@ -126,7 +126,9 @@ def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
     refsets = rec.get("references") or [None] * len(outputs)
     metrics = rec.get("metrics") or {}
     out = []
-    for o, refset in zip(outputs, refsets, strict=False):
+    for i, o in enumerate(outputs):
+        j = o.get("target_index", i)
+        refset = refsets[j] if isinstance(j, int) and 0 <= j < len(refsets) else None
         refs = [_inside(run_dir, p) for p in o.get("reference_thumbnails", [])]
         if not refs and isinstance(refset, dict):
             # reference photos may live anywhere; they are only ever decoded as images and shown as thumbnails

@@ -49,9 +49,10 @@ def _target(t: dict) -> Target:
     if t["kind"] == "class":
         return Class(int(t["index"]))
     if t["kind"] == "channel":
-        return Channel(t["layer"], int(t["channel"]))
+        position = t.get("position")
+        return Channel(t["layer"], int(t["channel"]), (int(position[0]), int(position[1])) if position else None)
     if t["kind"] == "direction":
-        return Direction(t["layer"], tuple(t["vector"]))
+        return Direction(t["layer"], tuple(t["vector"]), str(t.get("name", "")))
     raise VitalError(f"unknown target kind {t['kind']!r} in the record")
 
 

@@ -30,27 +30,48 @@ class Class:
 
 @dataclass(frozen=True)
 class Channel:
-    """Channel `channel` of the layer named by its dotted module path (whole spatial map)."""
+    """Channel `channel` of the layer named by its dotted module path: its whole map, or the one unit at
+    `position` (y, x) of the map (a token's grid cell for a ViT)."""
 
     layer: str
     channel: int
+    position: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.position is not None:
+            pos = tuple(self.position)
+            if len(pos) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pos):
+                raise VitalError(f"position must be (y, x) with whole numbers >= 0, got {self.position!r}")
+            object.__setattr__(self, "position", pos)
 
     def __str__(self) -> str:
-        return f"{self.layer}:{self.channel}"
+        at = f"@{self.position[0]},{self.position[1]}" if self.position is not None else ""
+        return f"{self.layer}:{self.channel}{at}"
 
     def slug(self) -> str:
-        return f"{safe_name(self.layer)}_ch{self.channel:04d}"
+        at = f"_y{self.position[0]}x{self.position[1]}" if self.position is not None else ""
+        return f"{safe_name(self.layer)}_ch{self.channel:04d}{at}"
 
 
 @dataclass(frozen=True)
 class Direction:
-    """A direction in a layer's channel space (activation objectives only)."""
+    """A direction in a layer's channel space: the linear readout sum_c v_c a_c at every position. `name` labels
+    it (e.g. the file and row it came from)."""
 
     layer: str
     vector: tuple[float, ...]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        import math
+
+        vec = tuple(float(v) for v in self.vector)
+        if not vec or not all(math.isfinite(v) for v in vec) or not any(vec):
+            raise VitalError("a direction must be a non-zero vector of finite numbers")
+        object.__setattr__(self, "vector", vec)
 
     def __str__(self) -> str:
-        return f"{self.layer}:direction"
+        return f"{self.layer}:direction" + (f"({self.name})" if self.name else "")
 
     def slug(self) -> str:
         digest = hashlib.sha1(repr(self.vector).encode()).hexdigest()[:8]  # distinct files for distinct vectors
@@ -61,8 +82,16 @@ Target = Class | Channel | Direction
 
 
 def parse_channels(spec: str, layer: str | None = None) -> list[Channel]:
-    """The command line's channel form: 'layer4.2:1935' or 'layer4.2:0-3,7' (LAYER:CHANNELS), or bare channels
-    ('5', '0-3,7') of `layer`."""
+    """The command line's channel form: 'layer4.2:1935' or 'layer4.2:0-3,7' (LAYER:CHANNELS), one unit at a
+    position 'layer4.2:1935@3,4' (LAYER:CHANNEL@Y,X), or bare channels ('5', '0-3,7', '5@3,4') of `layer`."""
+    spec, at, where = spec.partition("@")
+    position = None
+    if at:
+        try:
+            y, x = (int(v) for v in where.split(","))
+        except ValueError as e:
+            raise VitalError(f"cannot read '@{where}' as a position @Y,X (e.g. layer4.2:5@3,4)") from e
+        position = (y, x)
     name, sep, channels = spec.rpartition(":")
     if sep and not name.strip():
         raise VitalError(f"cannot read '{spec}' as layer:channel (e.g. layer4.2:1935)")
@@ -71,10 +100,39 @@ def parse_channels(spec: str, layer: str | None = None) -> list[Channel]:
             raise VitalError(f"channel '{spec}' has no layer: write LAYER:{spec} (e.g. layer4.2:{spec}) or pass "
                              "--layer")
         name, channels = layer, spec
-    out = [Channel(name.strip(), c) for c in parse_range(channels)]
+    out = [Channel(name.strip(), c, position) for c in parse_range(channels)]
     if not out:
         raise VitalError(f"no channel in '{spec}'; write layer:channel (e.g. layer4.2:1935)")
+    if position is not None and len(out) > 1:
+        raise VitalError(f"a position picks one unit: write one channel before @ ({spec}@{where})")
     return out
+
+
+def load_directions(path: str, layer: str) -> list[Direction]:
+    """Directions of `layer` from a .npy or .pt file holding one vector (C,) or several rows (K, C)."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitalError(f"direction file {p} does not exist")
+    try:
+        if p.suffix == ".npy":
+            data = torch.from_numpy(np.load(p, allow_pickle=False))
+        elif p.suffix in (".pt", ".pth"):
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            raise VitalError(f"direction file {p} must be .npy or .pt")
+    except VitalError:
+        raise
+    except Exception as e:
+        raise VitalError(f"cannot read direction file {p} ({type(e).__name__}); save a (C,) or (K, C) array") from e
+    if not torch.is_tensor(data) or data.dim() not in (1, 2) or not data.is_floating_point():
+        raise VitalError(f"direction file {p} must hold a float array of shape (C,) or (K, C)")
+    rows = data.reshape(-1, data.shape[-1]).double().tolist()
+    return [Direction(layer, tuple(r), f"{p.stem}#{i}") for i, r in enumerate(rows)]
 
 
 def parse_names(spec: str) -> list[str]:

@@ -43,6 +43,11 @@ class Result:
     references: list[ReferenceSet | None]
     record: dict = field(default_factory=dict)
     paths: dict[str, list[Path]] = field(default_factory=dict)
+    copies: list[int] = field(default_factory=list)  # each image's copy number, when targets have several
+
+    def slug(self, i: int) -> str:
+        """The file-name stem of image i: its target's, with the copy number when there are several."""
+        return self.targets[i].slug() + (f"_v{self.copies[i]}" if self.copies else "")
 
     def transparency(self, i: int):
         return transparency_rgba(self.images[i], self.grad_accumulator[i])
@@ -59,7 +64,7 @@ class Result:
     def _write(self, out: Path, sheet: bool) -> dict[str, list[Path]]:
         images, alphas, rows, outputs = [], [], [], []
         for i, t in enumerate(self.targets):
-            stem = t.slug()
+            stem = self.slug(i)
             images.append(save_png(self.images[i], out / f"{stem}.png"))
             rgba = self.transparency(i)
             alphas.append(save_rgba(rgba, out / f"{stem}_transparency.png"))
@@ -74,7 +79,9 @@ class Result:
                     thumbs.append(str(path.relative_to(out)))
             rows.append((self.labels[i], Image.fromarray(to_uint8(self.images[i])), Image.fromarray(rgba, "RGBA"),
                          ref_imgs))
-            outputs.append({"target": str(t), "label": self.labels[i], "image": images[-1].name,
+            per = max(self.copies) + 1 if self.copies else 1
+            outputs.append({"target": str(t), "target_index": i // per, "copy": i % per, "label": self.labels[i],
+                            "image": images[-1].name,
                             "transparency": alphas[-1].name, "reference_thumbnails": thumbs})
         record = dict(self.record)
         record["outputs"] = outputs
@@ -128,9 +135,21 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
                          "(its files would overwrite each other)")
     run_kwargs, method_opts = split_options(method, options)
     opts = RunOptions(steps=steps, setting=setting, seed=seed, progress=progress, **run_kwargs)
+    base_targets, base_refs = list(targets), list(refs)
+    copy_index = [j for _ in targets for j in range(opts.copies)]
+    targets = [t for t in targets for _ in range(opts.copies)]  # a target's copies are neighbours in the batch
+    refs = [r for r in refs for _ in range(opts.copies)]
     t0 = time.perf_counter()
     recipe = build_recipe(method, model, targets, refs, opts, method_opts)
-    labels = [_label(model, t) for t in targets]
+    if opts.diversity:
+        from vital.objectives.diversity import Diversity
+
+        layer = opts.diversity_layer or getattr(targets[0], "layer", None) or (model.preset.layers or [None])[-1]
+        if layer is None:
+            raise VitalError("no layer for the diversity term: pass diversity_layer")
+        recipe.objective = recipe.objective + opts.diversity * Diversity(model, layer, opts.copies)
+    labels = [_label(model, t) + (f" (copy {j + 1})" if opts.copies > 1 else "")
+              for t, j in zip(targets, copy_index, strict=True)]
     with recipe:  # hooks exist only inside; the model is left as it was found, after an error too
         prep = time.perf_counter() - t0
         trace = optimize(recipe.param, recipe.objective, recipe.settings, augment=recipe.augment,
@@ -140,14 +159,14 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         "method": method,
         "model": {"name": model.name, "weights": model.weights_id, "mean": model.mean, "std": model.std,
                   "size": model.size, "resize": model.resize, "interpolation": model.interpolation},
-        "targets": [{"kind": type(t).__name__.lower(), **asdict(t), "label": lab} for t, lab in zip(targets, labels, strict=True)],
+        "targets": [{"kind": type(t).__name__.lower(), **asdict(t), "label": _label(model, t)} for t in base_targets],
         "options": {**{k: v for k, v in asdict(opts).items() if k != "progress"}, **asdict(method_opts)},
         "loop": recipe.settings.as_dict(),
         "objective": recipe.objective.state(),
         "parameterization": recipe.param.state(),
         "recipe": recipe.record,
         "references": [None if r is None else {"source": r.source, "requested": r.requested, "files": r.describe(),
-                                               "skipped": dict(r.skipped), "origin": r.origin} for r in refs],
+                                               "skipped": dict(r.skipped), "origin": r.origin} for r in base_refs],
         "seed": seed,
         "device": str(model.device),
         "versions": versions(),
@@ -156,7 +175,8 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         "final_loss": trace.history[-1].tolist(),
         "loss_curve": loss_curve(trace.history),
     }
-    return Result(images, trace.grad_accumulator.cpu(), trace.history, targets, labels, refs, record)
+    return Result(images, trace.grad_accumulator.cpu(), trace.history, targets, labels, refs, record,
+                  copies=copy_index if opts.copies > 1 else [])
 
 
 def _check_target(model: VisionModel, t: Target) -> None:

@@ -22,6 +22,7 @@ from vital.errors import VitalError
 from vital.evaluate.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
 from vital.evaluate.clip import ClipResult, clip_zero_shot
 from vital.evaluate.fid import FIDResult, InceptionFeatures
+from vital.evaluate.kid import kid_from_features
 from vital.models import VisionModel
 
 # The FID function stays in its module (`from vital.evaluate.fid import fid`): a package attribute of the same
@@ -150,13 +151,15 @@ def _score_classifiers(t: _Table, model: VisionModel | None, judges: Sequence[Vi
 
 def _score_fid(t: _Table, real_images: Mapping[int, Sequence[ImageLike]] | None, features: InceptionFeatures,
                progress: bool) -> None:
-    """FID of each method's visuals against the real images of the classes they show."""
-    t.table.columns += ["FID", "FID n (vis/real)"]
+    """FID and KID (mean ± spread over subsets) of each method's visuals against the real images of the classes
+    they show, with the sample sizes: at the few images one class or neuron gives, FID is a biased small-sample
+    value and KID is unbiased."""
+    t.table.columns += ["FID", "KID", "FID/KID n (vis/real)"]
     if not real_images:
         t.note("FID skipped: no real images given (pass real images per class, e.g. --refs)")
     for m, idx in t.by_method.items():
         row = t.table.rows[m]
-        row["FID"], row["FID n (vis/real)"] = None, None
+        row["FID"], row["KID"], row["FID/KID n (vis/real)"] = None, None, None
         classes = sorted({t.targets[i] for i in idx})
         reals = [im for k in classes for im in (real_images or {}).get(k, [])]
         missing = [k for k in classes if not (real_images or {}).get(k)]
@@ -167,8 +170,12 @@ def _score_fid(t: _Table, real_images: Mapping[int, Sequence[ImageLike]] | None,
                 t.note(f"FID {m}: needs at least 2 visualizations and 2 real images (has {len(idx)} and "
                        f"{len(reals)})")
             continue
-        r = features.fid([t.images[i] for i in idx], reals, progress=progress)
-        row["FID"], row["FID n (vis/real)"] = r.value, f"{r.n_a}/{r.n_b}"
+        vis = [t.images[i] for i in idx]
+        r = features.fid(vis, reals, progress=progress)
+        k = kid_from_features(features(vis), features(reals))
+        row["FID"], row["FID/KID n (vis/real)"] = r.value, f"{r.n_a}/{r.n_b}"
+        row["KID"] = f"{k.mean:.4f} ± {k.std:.4f}"
+        t.note(f"{m}: {k.describe()}")
         if r.singular:
             t.note(f"{m}: {r.describe()}")
 

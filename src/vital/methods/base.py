@@ -41,6 +41,9 @@ class RunOptions:
     lr: float | None = None
     warmup: int | None = None
     progress: bool = True
+    copies: int = 1  # images per target, optimised together
+    diversity: float = 0.0  # weight of the diversity term among a target's copies (vital.objectives.diversity)
+    diversity_layer: str | None = None  # default: the target's layer, or the deepest matched layer for classes
 
     def __post_init__(self) -> None:
         validate.integer("steps", self.steps, low=1)
@@ -53,6 +56,12 @@ class RunOptions:
         validate.number("lr", self.lr, high=validate.LR_MAX, positive=True)
         validate.integer("warmup", self.warmup, low=0)
         validate.flag("progress", self.progress)
+        validate.integer("copies", self.copies, low=1, high=64, optional=False)
+        validate.number("diversity", self.diversity, low=0, optional=False)
+        if self.diversity and self.copies < 2:
+            raise VitalError("the diversity term compares several images of one target: give copies >= 2")
+        if self.diversity_layer is not None and not isinstance(self.diversity_layer, str):
+            raise VitalError(f"diversity_layer must be a layer name, got {self.diversity_layer!r}")
 
 
 @dataclass

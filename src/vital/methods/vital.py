@@ -31,6 +31,7 @@ from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
+from vital.relevance.readout import Readout
 from vital.targets import Channel, Class, Direction, Target
 
 PARAMS = ("pixel", "fourier")
@@ -98,13 +99,10 @@ def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], l
 @register("vital", VitalOptions)
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
           run: RunOptions, opts: VitalOptions) -> Recipe:
-    if any(isinstance(t, Direction) for t in targets):
-        raise VitalError("VITAL aligns distributions for classes and channels; visualise a direction with method "
-                         "pixel, fourier or maco")
-    if all(isinstance(t, Channel) for t in targets):
+    if all(isinstance(t, Channel) for t in targets) or all(isinstance(t, Direction) for t in targets):
         return _build_channels(model, targets, references, run, opts)  # type: ignore[arg-type]
     if not all(isinstance(t, Class) for t in targets):
-        raise VitalError("a VITAL batch holds either classes or channels; run them separately")
+        raise VitalError("a VITAL batch holds classes, channels or directions, not a mix; run them separately")
     if any(r is None for r in references):
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
@@ -120,7 +118,9 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     return Recipe(pixel_param(model, len(targets), run, clip), prior_term + objective, settings)
 
 
-def _check_channels(model: VisionModel, targets: Sequence[Channel], rows: list[LayerRow]) -> str:
+def _units(targets: Sequence[Channel | Direction], rows: list[LayerRow], device: torch.device
+           ) -> tuple[str, Readout]:
+    """The target layer and one unit per target: channels (at a position, if given) or directions."""
     layers_of = {t.layer for t in targets}
     if len(layers_of) != 1:
         raise VitalError(f"a neuron batch must target one layer, got {sorted(layers_of)}; run each layer separately")
@@ -129,21 +129,35 @@ def _check_channels(model: VisionModel, targets: Sequence[Channel], rows: list[L
     if row is None:
         raise VitalError(f"layer '{target_layer}' has no channels to visualise; pick a layer with a (B, C, ...) output")
     n_channels = row.channels
-    bad = [t.channel for t in targets if not 0 <= t.channel < n_channels]
+    if isinstance(targets[0], Direction):
+        bad = [len(t.vector) for t in targets if len(t.vector) != n_channels]  # type: ignore[union-attr]
+        if bad:
+            raise VitalError(f"direction has {bad[0]} components but layer '{target_layer}' has {n_channels} channels")
+        vectors = torch.tensor([t.vector for t in targets], dtype=torch.float32, device=device)  # type: ignore[union-attr]
+        return target_layer, Readout(vectors=vectors)
+    bad = [t.channel for t in targets if not 0 <= t.channel < n_channels]  # type: ignore[union-attr]
     if bad:
         raise VitalError(f"channel {bad[0]} is out of range: layer '{target_layer}' has {n_channels} channels "
                          f"(0-{n_channels - 1})")
-    return target_layer
+    channels = torch.tensor([t.channel for t in targets], device=device)  # type: ignore[union-attr]
+    if all(t.position is None for t in targets):  # type: ignore[union-attr]
+        return target_layer, Readout(channels=channels)
+    positions = torch.tensor([t.position or (-1, -1) for t in targets], device=device)  # type: ignore[union-attr]
+    units = Readout(channels=channels, positions=positions)
+    from vital.relevance import readout
+
+    readout.check(units, row.shape, row.layout, target_layer)
+    return target_layer, units
 
 
-def _build_channels(model: VisionModel, targets: Sequence[Channel], references: Sequence[ReferenceSet | None],
-                    run: RunOptions, opts: VitalOptions) -> Recipe:
+def _build_channels(model: VisionModel, targets: Sequence[Channel | Direction],
+                    references: Sequence[ReferenceSet | None], run: RunOptions, opts: VitalOptions) -> Recipe:
     if any(r is None for r in references):
         raise VitalError("VITAL needs reference images for every neuron: mine them (vital mine) and pass the store "
                          "with --refs, or a folder of its top images")
     resolve_modules(model.module, [targets[0].layer])
     rows = layer_table(model.module, torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype))
-    target_layer = _check_channels(model, targets, rows)
+    target_layer, units = _units(targets, rows, model.device)
     chosen: dict[str, Any] = {k: getattr(opts, k) if getattr(opts, k) is not None else v
                               for k, v in NEURON_DEFAULTS.items()}
     candidates, weights, priors = resolve_layers(model, opts)
@@ -161,7 +175,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Channel], references: 
                                                                                      else {})})
     check_input_size(model, settings)
     objective = Alignment(model, upstream, [float(v) * opts.feat_dist for v in w], references,  # type: ignore[arg-type]
-                          channels=[t.channel for t in targets], target_layer=target_layer,
+                          channels=units, target_layer=target_layer,
                           relevance=chosen["relevance"], mask=chosen["mask"], target_weight=chosen["target_weight"],
                           unweighted=chosen["unweighted"], chunk=8)
     param: Parameterization

@@ -88,8 +88,13 @@ class Activation(Term):
         elif all(isinstance(t, Channel) for t in self.targets):
             self.kind = "channel"
             self.layers = sorted({t.layer for t in self.targets})  # type: ignore[union-attr]
-            self.extractor = FeatureExtractor(model.module, self.layers)
             self.index = torch.tensor([t.channel for t in self.targets], device=dev)  # type: ignore[union-attr]
+            self.positions = None
+            if any(t.position is not None for t in self.targets):  # type: ignore[union-attr]
+                self.positions = torch.tensor([t.position or (-1, -1) for t in self.targets],  # type: ignore[union-attr]
+                                              device=dev)
+            self.extractor = FeatureExtractor(model.module, self.layers, view="raw" if self.positions is not None
+                                              else "positions")
         elif all(isinstance(t, Direction) for t in self.targets) and len({getattr(t, "layer", None) for t in self.targets}) == 1:
             self.kind = "direction"
             self.layers = [self.targets[0].layer]  # type: ignore[union-attr]
@@ -116,8 +121,24 @@ class Activation(Term):
                                  f"{act.shape[1]} channels")
             return direction(act, self.vectors[index])
         losses = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-        for layer, rows in self.rows(x.shape[0] // len(self.targets), x.device).items():
-            losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
+        views = x.shape[0] // len(self.targets)
+        for layer, rows in self.rows(views, x.device).items():
+            if self.positions is None:
+                losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
+                continue
+            from vital.relevance import readout
+
+            raw = feats[layer][rows]
+            from vital.layout import LayoutProbe
+
+            layout = LayoutProbe.layout(self.model.module, layer, tuple(raw.shape), x)
+            units = readout.Readout(channels=index[rows], positions=self.positions.repeat_interleave(views, 0)[rows])
+            readout.check(units, tuple(raw.shape), layout, layer)
+            mask = readout.position_mask(units, tuple(raw.shape), layout, readout.values(raw, units, layout).shape[1],
+                                         raw.device)
+            v = readout.values(raw, units, layout)
+            assert mask is not None
+            losses = losses.index_put((rows,), -(v * mask).sum(1) / mask.sum(1))
         return losses
 
     def rows(self, views: int, device: torch.device) -> dict[str, torch.Tensor]:

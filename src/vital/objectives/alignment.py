@@ -39,6 +39,7 @@ from vital.objectives.sort_matching import (
 )
 from vital.references.images import ReferenceSet
 from vital.relevance.lrp import METHODS as RELEVANCE_ENGINES
+from vital.relevance.readout import Readout, as_readout
 
 MASK_EPS = 1e-6
 RELEVANCE_METHODS = (*RELEVANCE_ENGINES, "none")
@@ -95,7 +96,7 @@ class Alignment(Term):
     name = "alignment"
 
     def __init__(self, model: VisionModel, layers: Sequence[str], weights: Sequence[float],
-                 references: Sequence[ReferenceSet], *, channels: Sequence[int] | None = None,
+                 references: Sequence[ReferenceSet], *, channels: Sequence[int] | Readout | None = None,
                  target_layer: str | None = None, relevance: str = "none", mask: str = "reference",
                  target_weight: float = 0.0, unweighted: float = 0.0, chunk: int = 16):
         if len(weights) != len(layers):
@@ -110,7 +111,17 @@ class Alignment(Term):
         self.relevance, self.mask, self.chunk = relevance, mask, chunk
         self.target_weight, self.unweighted = float(target_weight), float(unweighted)
         self.target_layer = target_layer
-        self.channels = None if channels is None else torch.tensor(list(channels), device=model.device)
+        # one unit per sample: a channel, a channel at a position, or a direction (vital.relevance.readout)
+        self.units: Readout | None = None
+        if isinstance(channels, Readout):
+            self.units = as_readout(channels, channels.batch, model.device)
+        elif channels is not None:
+            self.units = Readout(channels=torch.tensor(list(channels), device=model.device))
+        if self.target_weight and self.units is not None and (self.units.channels is None
+                                                              or self.units.positions is not None):
+            raise VitalError("the target term matches a whole channel's distribution; it does not apply to a "
+                             "direction or a position: leave target_weight at 0")
+        self.channels = None if self.units is None else self.units.channels
         self.refs = ReferencePixels(model, references)
         # the target layer's own output is captured too when it is matched (relevance there is unused)
         captured = self.layers + ([target_layer] if self.target_weight and target_layer not in self.layers else [])
@@ -131,7 +142,7 @@ class Alignment(Term):
 
     # ---- both sides -----------------------------------------------------------------------------------------------
 
-    def _encode(self, x: torch.Tensor, channels: torch.Tensor | None, relevance: bool
+    def _encode(self, x: torch.Tensor, channels: Readout | None, relevance: bool
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """Features (B, C, P) of every captured layer, with their graph to x when grad is on, and, if asked, the
         target's relevance at the matched layers (detached). The LRP methods share one forward for both."""
@@ -150,14 +161,17 @@ class Alignment(Term):
     def prepare(self, downsample: int) -> None:
         q, q_plain, importance, q_target = {}, {}, {}, {}
         for i in self.refs.unique():
-            channel = None if self.channels is None else self.channels[self.refs.index.index(i)]
+            row = self.refs.index.index(i)
+            channel = None if self.channels is None else self.channels[row]
             accs = {n: PrototypeAccumulator() for n in self.layers}
             plain = {n: PrototypeAccumulator() for n in self.layers} if self.weighted and self.unweighted else {}
             target = PrototypeAccumulator()
             rel_sum: dict[str, torch.Tensor] = {}
             count = 0
             for x in self.refs.chunks(i, self.chunk, downsample):
-                feats, rel = self._encode(x, None if channel is None else channel.expand(x.shape[0]), self.weighted)
+                units = None if self.units is None else self.units.expand(
+                    torch.full((x.shape[0],), row, dtype=torch.long, device=self.units.batch_device))
+                feats, rel = self._encode(x, units, self.weighted)
                 for n in self.layers:
                     if rel is None:
                         accs[n].add(feats[n])
@@ -189,7 +203,9 @@ class Alignment(Term):
         x = v.views
         per_view = (lambda t: t.repeat_interleave(v.n_views, dim=0)) if v.n_views > 1 else (lambda t: t)
         channels = None if self.channels is None else per_view(self.channels)
-        feats, rel = self._encode(x, channels, self.weighted and self.mask == "multiply")
+        units = None if self.units is None else self.units.expand(
+            per_view(torch.arange(self.units.batch, device=self.units.batch_device)))
+        feats, rel = self._encode(x, units, self.weighted and self.mask == "multiply")
         masks = None if rel is None else {n: relevance_mask(r) for n, r in rel.items()}
         loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for n, w in zip(self.layers, self.weights, strict=True):
@@ -207,7 +223,7 @@ class Alignment(Term):
 
     def state(self) -> dict:
         out: dict[str, object] = {"name": self.name, "layers": self.layers, "layer_weights": self.weights, "relevance": self.relevance}
-        if self.channels is not None:
+        if self.units is not None:
             out.update(target_layer=self.target_layer, mask=self.mask, target_weight=self.target_weight,
                        unweighted=self.unweighted)
         return out

@@ -170,7 +170,30 @@ def _fields(model: VisionModel, layers: list[str], data: _Folder | ModelSpaceDat
     return rfs
 
 
-def _header(model: VisionModel, extractor: FeatureExtractor, fingerprint: dict[str, Any], size: int, k: int,
+DIRECTIONS = ":directions"  # the pseudo-layer "<layer>:directions": one channel per direction of that layer
+
+
+class _Maps:
+    """What is mined per batch: the map of each layer, and for a layer given directions, the map of each
+    direction's readout sum_c v_c a_c (the channels of its pseudo-layer "<layer>:directions")."""
+
+    def __init__(self, module, layers: Sequence[str], directions: dict[str, torch.Tensor]):
+        self.base = FeatureExtractor(module, list(dict.fromkeys([*layers, *directions])), view="map")
+        self.directions = {f"{n}{DIRECTIONS}": (n, v.detach().float()) for n, v in directions.items()}
+        self.layers = [*dict.fromkeys(layers), *self.directions]
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.base(x)
+        out = {n: feats[n] for n in self.layers if n in feats}
+        for name, (n, v) in self.directions.items():
+            if v.shape[1] != feats[n].shape[1]:
+                raise VitalError(f"directions of '{n}' have {v.shape[1]} components but the layer has "
+                                 f"{feats[n].shape[1]} channels")
+            out[name] = torch.einsum("bchw,kc->bkhw", feats[n], v.to(feats[n]))
+        return out
+
+
+def _header(model: VisionModel, extractor: _Maps, fingerprint: dict[str, Any], size: int, k: int,
             n_images: int, rfs: dict[str, ReceptiveField]) -> dict[str, Any]:
     """The store's header: what it is mined for (model, layers with their shapes and receptive fields, image set,
     preprocessing, k)."""
@@ -181,7 +204,9 @@ def _header(model: VisionModel, extractor: FeatureExtractor, fingerprint: dict[s
     header = {
         "format": FORMAT, "model": model.name, "weights_id": model.weights_id,
         "layers": {name: {"channels": shapes[name][0], "shape": list(shapes[name]),
-                          "receptive_field": rfs[name].as_dict()} for name in layers},
+                          "receptive_field": rfs[name].as_dict(),
+                          **({"directions": extractor.directions[name][1].tolist()}
+                             if name in extractor.directions else {})} for name in layers},
         "k": k, "n_images": n_images, "dataset": fingerprint, "preprocessing": _preprocessing(model, size),
     }
     return header
@@ -224,7 +249,7 @@ class _Pass:
         atomic_write(self.path / STATE, lambda f: torch.save(saving, f))
         write_json(store_index(self.header, seen, skipped, complete, self.created), self.path / INDEX)
 
-    def scan(self, model: VisionModel, extractor: FeatureExtractor, rfs: dict[str, ReceptiveField], size: int,
+    def scan(self, model: VisionModel, extractor: _Maps, rfs: dict[str, ReceptiveField], size: int,
              batch_size: int, workers: int, checkpoint_every: int, progress: bool) -> None:
         """Merge every image not seen yet into the lists, batch by batch, checkpointing as it goes (and on an
         interruption)."""
@@ -283,6 +308,7 @@ def mine(
     grid: bool = False,
     checkpoint_every: int = 100,
     patch: str = "auto",
+    directions: dict[str, Any] | None = None,
 ) -> MiningStore:
     """Mine the top `n_images` (default k) images and top `k` patches (distinct images) of every channel of
     `layers` in one pass over `images`: a folder (searched recursively, preprocessed by the model's transform) or
@@ -294,13 +320,20 @@ def mine(
 
     `patch`: the size of the patch boxes. "theoretical": the layer's receptive field; "effective": its effective
     field (the centre that holds 3/4 of a unit's input-gradient mass, measured on the first images); "auto": the
-    theoretical field, or the effective one where the theoretical field covers the whole input (deep layers)."""
-    _check_arguments(layers, k, n_images, batch_size, workers, checkpoint_every, grid, out)
+    theoretical field, or the effective one where the theoretical field covers the whole input (deep layers).
+
+    `directions`: {layer: vectors (K, C) or one (C,)}: each direction is mined too, by its readout sum_c v_c a_c,
+    as channel k of the pseudo-layer "<layer>:directions" (the references of a `Direction` target)."""
+    _check_arguments(list(layers) or list(directions or {}), k, n_images, batch_size, workers, checkpoint_every,
+                     grid, out)
     if patch not in PATCH_RULES:
         raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
-    extractor = FeatureExtractor(model.module, list(dict.fromkeys(layers)), view="map")
+    vectors = {n: torch.as_tensor(v, dtype=torch.float32).reshape(-1, torch.as_tensor(v).shape[-1])
+               for n, v in (directions or {}).items()}
+    extractor = _Maps(model.module, layers, vectors)
     data, fingerprint, size = _source(images, model)
-    rfs = _fields(model, list(extractor.layers), data, size, patch)
+    rfs = _fields(model, list(extractor.base.layers), data, size, patch)
+    rfs.update({name: rfs[base] for name, (base, _) in extractor.directions.items()})
     header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs)
     path = Path(out) if out is not None else None
     saved = _open_store(path, header, resume) if path is not None else None

@@ -178,6 +178,13 @@ class MiningStore:
             t["patch_index"][channel].tolist(), t["patch_scores"][channel].tolist(),
             t["patch_boxes"][channel].tolist(), strict=True)]
 
+    def patch_sources(self, layer: str, channel: int) -> list[tuple[int, float, tuple[int, int, int, int]]]:
+        """(image index, score, box) of the top patches, best first: `pixels(index)` is the image the box is on."""
+        t = self._layer(layer, channel)
+        return [(i, s, tuple(b)) for i, s, b in zip(t["patch_index"][channel].tolist(),
+                                                    t["patch_scores"][channel].tolist(),
+                                                    t["patch_boxes"][channel].tolist(), strict=True)]
+
     def distinct_channels(self, layer: str, n: int, k: int | None = None, overlap: float = 0.25,
                           group: Callable[[str], str] | None = None) -> list[tuple[int, float]]:
         """Up to `n` channels worth looking at, with their strength: strength = k-th over first top patch score
@@ -198,7 +205,7 @@ class MiningStore:
                 chosen.append(c)
         return [(c, float(strength[c])) for c in chosen]
 
-    def _pixels(self, i: int) -> Image.Image:
+    def pixels(self, i: int) -> Image.Image:
         """Image i as the model sees it (resized and centre-cropped), un-normalised, as PIL."""
         prep = self.index["preprocessing"]
         if self.index["dataset"]["kind"] == "folder":
@@ -232,7 +239,7 @@ class MiningStore:
         if names and all(Path(f).is_file() for f in names):
             return ReferenceSet(files=[Path(f) for f in names], **made)
         index = self._layer(layer, channel)["image_index"][channel][:n].tolist()
-        return ReferenceSet(images=[(self._name(i), self._pixels(i)) for i in index], **made)
+        return ReferenceSet(images=[(self._name(i), self.pixels(i)) for i in index], **made)
 
     def _patches(self, layer: str, channel: int, n: int | None) -> list[tuple[str, Image.Image]]:
         prep = self.index["preprocessing"]
@@ -241,7 +248,7 @@ class MiningStore:
         t = self._layer(layer, channel)
         out = []
         for i, box in zip(t["patch_index"][channel][:n].tolist(), t["patch_boxes"][channel][:n].tolist(), strict=True):
-            crop = self._pixels(i).crop(tuple(box)).resize((size, size), resample)
+            crop = self.pixels(i).crop(tuple(box)).resize((size, size), resample)
             out.append((f"{self._name(i)}@{','.join(map(str, box))}", crop))
         return out
 

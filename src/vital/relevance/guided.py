@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError
+from vital.layout import Layout
+from vital.relevance import readout
+from vital.relevance.readout import Readout
 
 
 class _Stop(Exception):
@@ -28,13 +31,18 @@ def _guide(_m: nn.Module, _inp, out: torch.Tensor) -> None:
         out.register_hook(_clamp_positive)
 
 
-def channel_score(a: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch of the spatial mean of channel channels[b] of sample b."""
-    picked = a[torch.arange(a.shape[0], device=a.device), channels]
-    return picked.flatten(1).mean(1).sum() if picked.dim() > 1 else picked.sum()
+def channel_score(a: torch.Tensor, units: Readout) -> torch.Tensor:
+    """Sum over the batch of the mean of each sample's readout (its channel, or its direction) over its positions
+    (every position, or the chosen one)."""
+    layout = Layout.VECTOR if a.dim() == 2 else Layout.CHANNELS_FIRST
+    v = readout.values(a, units, layout)  # (B, P)
+    mask = readout.position_mask(units, tuple(a.shape), layout, v.shape[1], a.device)
+    if mask is None:
+        return v.mean(1).sum()
+    return ((v * mask).sum(1) / mask.sum(1)).sum()
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, channels: torch.Tensor, target: tuple[str, nn.Module],
+def guided_backprop(model: nn.Module, x: torch.Tensor, channels: Readout, target: tuple[str, nn.Module],
                     layers: dict[str, nn.Module], check_channels) -> dict[str, torch.Tensor]:
     """{layer: ReLU(d score / d layer output)} for the modules in `layers` (keyed by requested name)."""
     target_name, target_module = target

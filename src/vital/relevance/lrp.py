@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
-from vital.layout import Layout, channel_count
+from vital.layout import Layout
+from vital.relevance import readout
 from vital.relevance.blocks import configure, propagate_chain
 from vital.relevance.chains import Chain, Unsupported, build_chain
 from vital.relevance.guided import guided_backprop
 from vital.relevance.modified_gradient import ModifiedGradientRelevance
+from vital.relevance.readout import Readout, as_readout
 from vital.relevance.rules import EPS
 
 METHODS = ("lrp", "lrp-restricted", "guided-backprop")
@@ -140,50 +142,17 @@ class RelevanceEngine:
             raise VitalError("the model is in training mode (BatchNorm/Dropout would mix or drop samples); "
                              "call model.eval() first")
 
-    @staticmethod
-    def _channels(channels: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        if isinstance(channels, int):
-            return torch.full((b,), channels, dtype=torch.long, device=x.device)
-        if not torch.is_tensor(channels) or channels.is_floating_point() or channels.is_complex():
-            raise VitalError("channels must be an int or an integer tensor with one channel per sample")
-        channels = channels.to(device=x.device, dtype=torch.long).reshape(-1)
-        if channels.numel() == 1:
-            channels = channels.expand(b)
-        if channels.numel() != b:
-            raise VitalError(f"got {channels.numel()} channels for a batch of {b}; give one channel per sample")
-        return channels
-
-    def _check_range(self, a: torch.Tensor, channels: torch.Tensor, layout: Layout = Layout.CHANNELS_FIRST) -> None:
+    def _check_range(self, a: torch.Tensor, units: Readout, layout: Layout | None = None) -> None:
         if a.dim() not in (2, 3, 4):
             raise VitalError(f"target layer '{self.target_layer}' has output shape {tuple(a.shape)}; relevance "
                              "needs a map, a token sequence or a vector")
-        c = channel_count(tuple(a.shape), layout)
-        lo, hi = int(channels.min()), int(channels.max())
-        if lo < 0 or hi >= c:
-            bad = lo if lo < 0 else hi
-            raise VitalError(f"channel {bad} is out of range for layer '{self.target_layer}', which has {c} "
-                             f"channels (0..{c - 1})")
+        readout.check(units, tuple(a.shape), layout or _chain_layout(a), self.target_layer)
 
-    def _start(self, a: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-        """Relevance at the target layer's output."""
-        idx = torch.arange(a.shape[0], device=a.device)
-        r = torch.zeros_like(a)
-        if self.method == "lrp":
-            r[idx, channels] = a[idx, channels].clamp(min=0)
-        elif a.dim() == 2:
-            r[idx, channels] = 1.0
-        else:
-            cos = a[idx, channels] / (a.norm(dim=1) + torch.finfo(a.dtype).tiny)
-            flat = cos.flatten(1).argmax(1)
-            w = a.shape[-1]
-            r[idx, channels, flat // w, flat % w] = 1.0
-        return r
-
-    def __call__(self, x: torch.Tensor, channels: torch.Tensor | int) -> dict[str, torch.Tensor]:
-        """{layer: relevance shaped like that layer's output} for x (B, 3, H, W) and one channel per sample."""
+    def __call__(self, x: torch.Tensor, channels: Readout | torch.Tensor | int) -> dict[str, torch.Tensor]:
+        """{layer: relevance shaped like that layer's output} for x (B, 3, H, W) and one unit per sample: a
+        channel (an int for all, or a tensor), or a `Readout` (a channel at a position, a direction)."""
         self._check_mode()
-        ch = self._channels(channels, x)
+        ch = as_readout(channels, x.shape[0], x.device)
         if self.fallback is not None:
             return self.fallback(x, ch, self._check_range)
         if self.method == "guided-backprop":
@@ -192,7 +161,7 @@ class RelevanceEngine:
             h, ctxs, _ = self._forward(x.detach())
             return self._relevance(h, ctxs, ch)
 
-    def features_and_relevance(self, x: torch.Tensor, channels: torch.Tensor | int
+    def features_and_relevance(self, x: torch.Tensor, channels: Readout | torch.Tensor | int
                                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One forward for both: the outputs of `layers` with their autograd graph to `x` (for a loss), and the
         relevance maps (detached). Saves the separate feature forward that an optimisation step would otherwise
@@ -200,7 +169,7 @@ class RelevanceEngine:
         if self.method == "guided-backprop" or self.fallback is not None:
             raise VitalError("features_and_relevance needs the LRP rule chain; call the engine for the relevance")
         self._check_mode()
-        ch = self._channels(channels, x)
+        ch = as_readout(channels, x.shape[0], x.device)
         h, ctxs, feats = self._forward(x, grad_until=max(self.capture))
         with torch.no_grad():
             return feats, self._relevance(h, ctxs, ch)
@@ -217,12 +186,12 @@ class RelevanceEngine:
                 feats[n] = h
         return h, ctxs, feats
 
-    def _relevance(self, h: torch.Tensor, ctxs: list, ch: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _relevance(self, h: torch.Tensor, ctxs: list, ch: Readout) -> dict[str, torch.Tensor]:
         """The backward relevance pass from the target output `h`, through the kept contexts (call under no_grad)."""
         out: dict[str, torch.Tensor] = {}
         h = h.detach()
         self._check_range(h, ch)
-        r = self._start(h, ch)
+        r = readout.start(h, ch, _chain_layout(h), self.method)
         for i in range(self.target_index, self.stop - 1, -1):
             for n in self.capture.get(i, ()):
                 out[n] = r
@@ -230,6 +199,11 @@ class RelevanceEngine:
                 r = self.steps[i].relevance(r, ctxs[i])
                 ctxs[i] = None  # free what this step kept as soon as it is used
         return {n: out[n] for n in self.layers}
+
+
+def _chain_layout(a: torch.Tensor) -> Layout:
+    """The rule chain runs CNN families: channels-first maps, or vectors after the pooling."""
+    return Layout.VECTOR if a.dim() == 2 else Layout.CHANNELS_FIRST
 
 
 _ANNOUNCED: set[tuple[str, str]] = set()

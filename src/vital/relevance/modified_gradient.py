@@ -33,7 +33,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from vital.errors import VitalError
-from vital.layout import Layout, LayoutProbe, select_channel
+from vital.layout import Layout, LayoutProbe
+from vital.relevance import readout
+from vital.relevance.readout import Readout
 from vital.relevance.rules import EPS
 
 
@@ -253,8 +255,9 @@ class ModifiedGradientRelevance:
         self.copy = has_inplace(model)
         self.layouts: dict[str, Layout] = {}
 
-    def __call__(self, x: torch.Tensor, channels: torch.Tensor,
-                 check: Callable[[torch.Tensor, torch.Tensor, Layout], None]) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, channels: Readout | torch.Tensor | int,
+                 check: Callable[[torch.Tensor, Readout, Layout], None]) -> dict[str, torch.Tensor]:
+        units = readout.as_readout(channels, x.shape[0], x.device)
         captured: dict[str, torch.Tensor] = {}
         hit: list[torch.Tensor] = []
         wanted = set(self.layers)
@@ -302,8 +305,8 @@ class ModifiedGradientRelevance:
                              f"reaches only layers upstream of the target: drop '{late[0]}' or pick a deeper target")
         a = hit[0]
         layout = LayoutProbe.layout(self.model, self.target_layer, tuple(a.shape), x)
-        check(a, channels, layout)
-        start = self._start(a.detach(), channels, layout)
+        check(a, units, layout)
+        start = self._start(a.detach(), units, layout)
         names = [n for n in self.layers if n != self.target_layer]
         grads = torch.autograd.grad(a, [captured[n] for n in names], start, allow_unused=True) if names else []
         out = {}
@@ -315,21 +318,7 @@ class ModifiedGradientRelevance:
             out[self.target_layer] = r if self.signed else r.clamp(min=0)
         return {n: out[n] for n in self.layers}
 
-    def _start(self, a: torch.Tensor, channels: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """G at the target: R / A, with R the target's start relevance (see `vital.relevance.lrp`)."""
-        g = torch.zeros_like(a)
-        moved = g.movedim(-1, 1) if layout in (Layout.CHANNELS_LAST, Layout.TOKENS) else g
-        picked = select_channel(a, channels, layout)  # (B, *positions)
-        idx = torch.arange(a.shape[0], device=a.device)
-        if self.method == "lrp":
-            moved[idx, channels] = (picked > 0).to(a.dtype)
-            return g
-        acts = a.movedim(-1, 1) if layout in (Layout.CHANNELS_LAST, Layout.TOKENS) else a
-        cos = picked / (acts.norm(dim=1) + torch.finfo(a.dtype).tiny)
-        flat = cos.flatten(1).argmax(1)
-        value = picked.flatten(1).gather(1, flat[:, None]).squeeze(1)
-        row = torch.zeros_like(picked.flatten(1))
-        row[idx, flat] = 1.0 / torch.where(value.abs() > EPS, value, torch.full_like(value, EPS))
-        moved[idx, channels] = row.reshape(picked.shape)
-        return g
-
+    def _start(self, a: torch.Tensor, units: Readout, layout: Layout) -> torch.Tensor:
+        """G at the target: R / A, with R the unit's start relevance (`vital.relevance.readout`)."""
+        r = readout.start(a, units, layout, self.method)
+        return torch.where(a != 0, r / torch.where(a != 0, a, torch.ones_like(a)), torch.zeros_like(a))
