@@ -159,6 +159,18 @@ def test_rebuild_redoes_only_what_changed(site):
     assert changed == [root / "site" / "neurons" / "3" / "5.html"]
 
 
+def test_layer_kid_on_the_index(site, tmp_path):
+    """--kid: each layer's KID of its visualizations against their own top patches, with the sample sizes, cached."""
+    root, _ = site
+    sources = [root / "runs", root / "store", root / "circ"]
+    build_atlas(tmp_path / "site", sources, progress=False, kid=True)
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert re.search(r"<td>-?\d+\.\d\d ± \d+\.\d\d \(n = 40 / 120\)</td>", index), index
+    cached = json.loads((tmp_path / "site" / "atlas.json").read_text())["kid"]["3"]
+    build_atlas(tmp_path / "site", sources, progress=False, kid=True)  # same files: the cached value
+    assert json.loads((tmp_path / "site" / "atlas.json").read_text())["kid"]["3"] == cached
+
+
 def test_circuit_shares_match_an_explicit_z_plus_computation():
     """conv - ReLU - conv - ReLU: the relevance of channel c of the second ReLU at the first, by z+ written out,
     summed over references and positions, as shares; and the graph names every source."""

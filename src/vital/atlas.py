@@ -222,7 +222,27 @@ class Atlas:
 
     # ---- writing ------------------------------------------------------------------------------------------------
 
-    def build(self, progress: bool = True) -> Path:
+    def _layer_kid(self, layer: str, cached: dict) -> dict | None:
+        """KID of a layer's visualizations against their own top reference patches (4 per neuron), with its spread
+        and the sample sizes; cached by the files it was computed from."""
+        neurons = [n for n in self.neurons.values() if n.layer == layer and n.image is not None]
+        if len(neurons) < 2 or self._store_for(layer) is None:
+            return None
+        key = json.dumps(sorted([str(n.image), n.image.stat().st_mtime_ns] for n in neurons))  # type: ignore[union-attr]
+        if cached.get("key") == key:
+            return cached
+        from torchvision.transforms.functional import to_tensor
+
+        from vital.evaluate.kid import kid
+
+        vis = [n.image for n in neurons]
+        real = [to_tensor(crop) for n in neurons for crop, _, _, _ in self._patches(layer, n.channel, 4)]
+        if len(real) < 2:
+            return None
+        r = kid(vis, real)  # type: ignore[arg-type]
+        return {"key": key, "mean": r.mean, "std": r.std, "n_vis": r.n_a, "n_real": r.n_b}
+
+    def build(self, progress: bool = True, kid: bool = False) -> Path:
         out = ensure_writable(self.out)
         assets = out / "assets"
         assets.mkdir(exist_ok=True)
@@ -234,6 +254,7 @@ class Atlas:
         layers = self.layers()
         todo = [(layer, c) for layer in layers for c in self.channels(layer)]
         rows = []
+        kids: dict[str, dict] = {}
         bar = tqdm(total=len(todo), unit="neuron", desc="atlas", disable=not progress, dynamic_ncols=True)
         for layer in layers:
             cards = []
@@ -247,11 +268,15 @@ class Atlas:
                 cards.append(self._card(layer, c))
                 bar.update(1)
             visualised = sum(1 for (lay, _), n in self.neurons.items() if lay == layer and n.image is not None)
-            rows.append((layer, len(cards), visualised))
+            score = self._layer_kid(layer, (old.get("kid") or {}).get(layer, {}) if isinstance(old, dict) else {}
+                                    ) if kid else None
+            if score is not None:
+                kids[layer] = score
+            rows.append((layer, len(cards), visualised, score))
             self._layer_page(layer, cards)
         bar.close()
         self._index(rows)
-        write_json({"format": FORMAT, "neurons": built}, manifest_path)
+        write_json({"format": FORMAT, "neurons": built, "kid": kids}, manifest_path)
         return out / "index.html"
 
     def _signature(self, layer: str, c: int) -> list:
@@ -386,12 +411,19 @@ class Atlas:
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(_page(f"{layer}:{c} · vital atlas", "".join(parts), 2), encoding="utf-8")
 
-    def _index(self, rows: list[tuple[str, int, int]]) -> None:
+    def _index(self, rows: list[tuple[str, int, int, dict | None]]) -> None:
+        def kid_cell(k: dict | None) -> str:
+            return "" if k is None else (f"{100 * k['mean']:.2f} ± {100 * k['std']:.2f} "
+                                         f"(n = {k['n_vis']} / {k['n_real']})")
+
         body = "".join(f'<tr><td><a href="layers/{_url(safe_name(layer))}.html">{_esc(layer)}</a></td><td>{n}</td>'
-                       f"<td>{v}</td></tr>" for layer, n, v in rows)
+                       f"<td>{v}</td><td>{kid_cell(k)}</td></tr>" for layer, n, v, k in rows)
         model = next(iter(self.models), "")
         page = (f'<h1>vital atlas · {_esc(model)}</h1><table class="layers"><tr><th>layer</th><th>channels</th>'
-                f"<th>visualised</th></tr>{body}</table>")
+                f"<th>visualised</th><th>KID ×100 vs own top patches (n vis / real)</th></tr>{body}</table>"
+                "<p>KID (with <code>vital atlas --kid</code>): the layer's visualizations against their own top "
+                "reference patches, 4 per neuron, in Inception space; unbiased at these sample sizes, spread over "
+                "subsets.</p>")
         (self.out / "index.html").write_text(_page(f"vital atlas · {model}", page, 0), encoding="utf-8")
 
 
@@ -405,6 +437,8 @@ def _js_key(key: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-def build_atlas(out: str | os.PathLike, sources: Sequence[str | os.PathLike], progress: bool = True) -> Path:
-    """Build (or update) the atlas in `out` from `sources`; returns its index.html."""
-    return Atlas(out, sources).build(progress)
+def build_atlas(out: str | os.PathLike, sources: Sequence[str | os.PathLike], progress: bool = True,
+                kid: bool = False) -> Path:
+    """Build (or update) the atlas in `out` from `sources`; returns its index.html. `kid`: each layer's KID of its
+    visualizations against their own top patches (Inception features: slower; cached between builds)."""
+    return Atlas(out, sources).build(progress, kid)

@@ -384,7 +384,7 @@ def _add_neuron(sub) -> None:
 def cmd_atlas(a: argparse.Namespace) -> int:
     from vital.atlas import build_atlas
 
-    print(f"atlas: {build_atlas(a.out, a.sources, progress=not a.quiet)}")
+    print(f"atlas: {build_atlas(a.out, a.sources, progress=not a.quiet, kid=a.kid)}")
     return 0
 
 
@@ -392,6 +392,8 @@ def _add_atlas(sub) -> None:
     at = sub.add_parser("atlas", help="a static site to browse whole layers: batch outputs, runs, circuits, stores")
     at.add_argument("out", help="folder of the site (rebuilt incrementally)")
     at.add_argument("sources", nargs="+", help="batch outputs, run folders, circuit folders and mining stores")
+    at.add_argument("--kid", action="store_true", help="each layer's KID of its visualizations against their own top "
+                                                       "patches (Inception features; cached)")
     at.add_argument("--quiet", "-q", action="store_true")
     at.set_defaults(func=cmd_atlas)
 
