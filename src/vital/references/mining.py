@@ -29,6 +29,7 @@ from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
 from vital.references.images import UNREADABLE, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, effective_field, receptive_field
+from vital.references.sources import HFImages, TarShards, source_for
 from vital.references.store import (
     FILES,
     FORMAT,
@@ -68,8 +69,28 @@ class _Folder(Dataset):
             return torch.zeros(3, self.size, self.size), i, False, self.files[i]
 
 
-def _source(images, model: VisionModel) -> tuple[_Folder | ModelSpaceDataset, dict[str, Any], int]:
+class _Streamed(Dataset):
+    """Images of a tar-shard or `datasets` source, preprocessed by the model's transform; unreadable: ok=False."""
+
+    def __init__(self, source: TarShards | HFImages, transform, size: int):
+        self.source, self.transform, self.size = source, transform, size
+        self.files = [source.name(i) for i in range(len(source))]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(self.source.open(i)), i, True, self.files[i]
+        except UNREADABLE:
+            return torch.zeros(3, self.size, self.size), i, False, self.files[i]
+
+
+def _source(images, model: VisionModel) -> tuple[_Folder | _Streamed | ModelSpaceDataset, dict[str, Any], int]:
     """(dataset yielding (x, index, ok, name), fingerprint, input size)."""
+    streamed = None if isinstance(images, Dataset) else source_for(images)
+    if streamed is not None:
+        return _Streamed(streamed, model.transform(), model.size), streamed.fingerprint(), model.size
     if isinstance(images, Dataset):
         n = len(images)  # type: ignore[arg-type]  # a map-style Dataset has a length
         if n == 0:
@@ -153,7 +174,7 @@ PATCH_RULES = ("auto", "theoretical", "effective")
 EFFECTIVE_SAMPLE = 16  # images (the first readable ones) on which the effective field is measured
 
 
-def _fields(model: VisionModel, layers: list[str], data: _Folder | ModelSpaceDataset, size: int, patch: str
+def _fields(model: VisionModel, layers: list[str], data: _Folder | _Streamed | ModelSpaceDataset, size: int, patch: str
             ) -> dict[str, ReceptiveField]:
     """Each layer's receptive field; with the effective field measured where `patch` asks for it ("auto": only
     where the theoretical field covers the whole input, so that deep layers still get patches)."""
@@ -218,13 +239,13 @@ class _Pass:
     `state` = (lists per layer, images seen, unreadable files) is replaced as a whole after each batch, so an
     interruption leaves it at a batch boundary and a checkpoint never holds half a batch."""
 
-    def __init__(self, header: dict[str, Any], path: Path | None, data: _Folder | ModelSpaceDataset,
+    def __init__(self, header: dict[str, Any], path: Path | None, data: _Folder | _Streamed | ModelSpaceDataset,
                  saved: dict[str, Any] | None,
                  device: torch.device):
         self.header, self.path, self.data = header, path, data
         self.k, self.n_images = header["k"], header["n_images"]
-        self.folder = isinstance(data, _Folder)
-        self.names = list(data.files) if isinstance(data, _Folder) else [""] * len(data)
+        self.folder = isinstance(data, (_Folder, _Streamed))  # names known up front
+        self.names = list(data.files) if isinstance(data, (_Folder, _Streamed)) else [""] * len(data)
         layers = header["layers"]
         if saved is None:
             self.state: tuple[dict[str, Lists], int, list[str]] = (

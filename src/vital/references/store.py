@@ -98,8 +98,9 @@ class MiningStore:
         self.index, self.tensors, self.files, self.path = index, tensors, files, path
         self.dataset = images if isinstance(images, Dataset) else None
         ds = index["dataset"]
-        self.root = Path(images) if isinstance(images, (str, os.PathLike)) else (
+        self.root = Path(images) if isinstance(images, (str, os.PathLike)) and ds["kind"] == "folder" else (
             Path(ds["root"]) if ds["kind"] == "folder" else None)
+        self._source: Any = None  # a tar-shard or `datasets` source, opened when its pixels are first needed
 
     @classmethod
     def load(cls, path: str | os.PathLike, images: str | os.PathLike | Dataset | None = None) -> MiningStore:
@@ -213,6 +214,12 @@ class MiningStore:
                 raise VitalError(f"image {self.files[i]} is not under {self.root}; pass the folder's new place as "
                                  "MiningStore.load(path, images=FOLDER)")
             return _crop_resize(prep["resize"], prep["size"], prep["interpolation"])(load_rgb(self.root / self.files[i]))
+        if self.index["dataset"]["kind"] in ("webdataset", "hf-datasets"):
+            from vital.references.sources import open_source
+
+            if self._source is None:
+                self._source = open_source(self.index["dataset"])
+            return _crop_resize(prep["resize"], prep["size"], prep["interpolation"])(self._source.open(i))
         if self.dataset is None:
             raise VitalError("this store was mined from a Dataset: pass it as MiningStore.load(path, images=DATASET) "
                              "to see its pixels")
