@@ -5,6 +5,8 @@ noise image folders and the batch-job helpers used by several test modules (impo
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,9 @@ from torch import nn
 
 from vital.models import load_model
 from vital.models.zoo import VisionModel
+
+# measured receptive fields are cached on disk: the tests keep theirs apart from the user's, fresh per session
+os.environ["VITAL_CACHE"] = tempfile.mkdtemp(prefix="vital-cache-")
 
 FACTORY = "conftest:tiny_sequential"
 TESTS = str(Path(__file__).parent)

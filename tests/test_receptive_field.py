@@ -115,3 +115,20 @@ def test_effective_patches_lie_inside_the_image_and_contain_the_unit():
     assert ((boxes[:, 2] - boxes[:, 0]) == 150).all() and ((boxes[:, 3] - boxes[:, 1]) == 150).all()
     cy, cx = rf.centre(h.float(), w.float())
     assert ((boxes[:, 0] <= cx) & (cx < boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy < boxes[:, 3])).all()
+
+
+def test_fields_are_measured_once_per_architecture_and_cached(monkeypatch):
+    """Several layers share one measurement; a second call reads the cache (no copy of the network is made), and
+    another architecture is measured afresh."""
+    import torchvision
+
+    from vital.references import receptive_field as rfm
+
+    net = torchvision.models.resnet18(weights=None).eval()
+    layers = ["layer1", "layer2.0.conv1", "layer3"]
+    first = rfm.receptive_fields(net, layers, 64)
+    assert first == {n: rfm.receptive_field(net, n, 64) for n in layers}
+    monkeypatch.setattr(rfm, "_linear_positive", lambda m: (_ for _ in ()).throw(AssertionError("measured again")))
+    assert rfm.receptive_fields(torchvision.models.resnet18(weights=None), layers, 64) == first
+    with pytest.raises(AssertionError, match="measured again"):
+        rfm.receptive_fields(torchvision.models.resnet34(weights=None), layers, 64)

@@ -28,7 +28,7 @@ from vital.features import FeatureExtractor
 from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
 from vital.references.images import UNREADABLE, list_images, load_rgb
-from vital.references.receptive_field import ReceptiveField, effective_field, receptive_field
+from vital.references.receptive_field import ReceptiveField, effective_field, receptive_fields
 from vital.references.sources import HFImages, TarShards, source_for
 from vital.references.store import (
     FILES,
@@ -178,7 +178,7 @@ def _fields(model: VisionModel, layers: list[str], data: _Folder | _Streamed | M
             ) -> dict[str, ReceptiveField]:
     """Each layer's receptive field; with the effective field measured where `patch` asks for it ("auto": only
     where the theoretical field covers the whole input, so that deep layers still get patches)."""
-    rfs = {name: receptive_field(model.module, name, size) for name in layers}
+    rfs = receptive_fields(model.module, list(layers), size)
     need = [n for n, rf in rfs.items() if patch == "effective" or (patch == "auto" and rf.is_global)]
     if need:
         sample = [data[i] for i in range(min(len(data), 4 * EFFECTIVE_SAMPLE))]

@@ -18,7 +18,13 @@ about half its size. The input is doubled (at most three times) until both ends 
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
+import json
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -113,37 +119,116 @@ def _support(grad: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def receptive_field(module: nn.Module, layer: str, size: int = 224) -> ReceptiveField:
-    """Measure the receptive field of the map view (B, C, H, W) of `layer`'s output (a token grid for a ViT) (a dotted module name) for inputs of
-    `size` x `size` pixels (padding may depend on the size; larger inputs are tried when the field does not fit)."""
-    net = _linear_positive(module)
-    extractor = FeatureExtractor(net, [layer], view="map")
-    s = size
-    for _ in range(_MAX_DOUBLINGS + 1):
-        x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, requires_grad=True)
-        out = extractor(x)[layer]
-        hl, wl = out.shape[2] - 1, out.shape[3] - 1
-        units = [(0, 0), (min(1, hl), min(1, wl)), (hl, wl)]
-        total = torch.stack([out[b, :, h, w].sum() for b, (h, w) in enumerate(units)]).sum()
-        (grad,) = torch.autograd.grad(total, x)
-        first, second, last = (_support(grad[b]) for b in range(3))
-        if all(first[a][1] == s - 1 and last[a][0] == 0 for a in (0, 1)):
-            # the first unit reaches the far edge and the last the near one: every unit sees the whole input
-            stride = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
-            return ReceptiveField(stride, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
-        unclipped = all(first[a][1] < s - 1 and second[a][1] < s - 1 and last[a][0] > 0 for a in (0, 1))
-        if hl >= 1 and wl >= 1 and unclipped:
-            stride = (second[0][1] - first[0][1], second[1][1] - first[1][1])
-            if stride != (round(s / out.shape[2]), round(s / out.shape[3])):
-                # not one field shifted by a stride (Swin's windows): no theoretical field; a global one, so that
-                # the effective field is measured for patches
-                nominal = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
-                return ReceptiveField(nominal, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
-            left = (last[0][0] - hl * stride[0], last[1][0] - wl * stride[1])
-            rf = (first[0][1] - left[0] + 1, first[1][1] - left[1] + 1)
-            return ReceptiveField(stride, rf, (left[0] + (rf[0] - 1) / 2, left[1] + (rf[1] - 1) / 2))
-        s *= 2
-    raise VitalError(f"could not measure the receptive field of '{layer}' with inputs up to {s // 2} px; "
-                     "is its output map smaller than 2x2?")
+    """Measure the receptive field of the map view (B, C, H, W) of `layer`'s output (a dotted module name; a token
+    grid for a ViT) for inputs of `size` x `size` pixels (padding may depend on the size; larger inputs are tried
+    when the field does not fit)."""
+    return receptive_fields(module, [layer], size)[layer]
+
+
+def receptive_fields(module: nn.Module, layers: list[str], size: int = 224, cache: bool = True
+                     ) -> dict[str, ReceptiveField]:
+    """`receptive_field` of several layers, with one linear-positive copy and one forward per input size for all
+    of them; results are cached on disk by architecture (`_cache_key`), so mining the same model again does not
+    measure again."""
+    found: dict[str, ReceptiveField] = {}
+    keys = {n: _cache_key(module, n, size) for n in layers} if cache else {}
+    stored = _read_cache() if cache else {}
+    for n in layers:
+        entry = stored.get(keys.get(n, ""))
+        if isinstance(entry, dict):
+            try:
+                found[n] = ReceptiveField(tuple(entry["stride"]), tuple(entry["size"]),
+                                          tuple(entry["offset"]), bool(entry["is_global"]))
+            except (KeyError, TypeError, ValueError):
+                pass  # a damaged entry: measured again
+    todo = [n for n in layers if n not in found]
+    if todo:
+        net = _linear_positive(module)
+        s = size
+        for _ in range(_MAX_DOUBLINGS + 1):
+            x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, requires_grad=True)
+            outs = FeatureExtractor(net, todo, view="map")(x)
+            for n in list(todo):
+                rf = _measure(outs[n], x, s, retain=True)
+                if rf is not None:
+                    found[n] = rf
+                    todo.remove(n)
+            if not todo:
+                break
+            s *= 2
+        if todo:
+            raise VitalError(f"could not measure the receptive field of '{todo[0]}' with inputs up to {s} px; "
+                             "is its output map smaller than 2x2?")
+        if cache:
+            _write_cache({keys[n]: found[n].as_dict() for n in layers if n in keys})
+    return {n: found[n] for n in layers}
+
+
+def _measure(out: torch.Tensor, x: torch.Tensor, s: int, retain: bool) -> ReceptiveField | None:
+    """The field read off the input gradient of three units of `out` (None: clipped, try a larger input)."""
+    hl, wl = out.shape[2] - 1, out.shape[3] - 1
+    units = [(0, 0), (min(1, hl), min(1, wl)), (hl, wl)]
+    total = torch.stack([out[b, :, h, w].sum() for b, (h, w) in enumerate(units)]).sum()
+    (grad,) = torch.autograd.grad(total, x, retain_graph=retain)
+    first, second, last = (_support(grad[b]) for b in range(3))
+    if all(first[a][1] == s - 1 and last[a][0] == 0 for a in (0, 1)):
+        # the first unit reaches the far edge and the last the near one: every unit sees the whole input
+        stride = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
+        return ReceptiveField(stride, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
+    unclipped = all(first[a][1] < s - 1 and second[a][1] < s - 1 and last[a][0] > 0 for a in (0, 1))
+    if hl >= 1 and wl >= 1 and unclipped:
+        stride = (second[0][1] - first[0][1], second[1][1] - first[1][1])
+        if stride != (round(s / out.shape[2]), round(s / out.shape[3])):
+            # not one field shifted by a stride (Swin's windows): no theoretical field; a global one, so that
+            # the effective field is measured for patches
+            nominal = (max(1, round(s / out.shape[2])), max(1, round(s / out.shape[3])))
+            return ReceptiveField(nominal, (s, s), ((s - 1) / 2, (s - 1) / 2), is_global=True)
+        left = (last[0][0] - hl * stride[0], last[1][0] - wl * stride[1])
+        rf = (first[0][1] - left[0] + 1, first[1][1] - left[1] + 1)
+        return ReceptiveField(stride, rf, (left[0] + (rf[0] - 1) / 2, left[1] + (rf[1] - 1) / 2))
+    return None
+
+
+# ---- the disk cache ------------------------------------------------------------------------------------------------
+
+
+def cache_path() -> Path:
+    """Where measured fields are kept: $VITAL_CACHE, else $XDG_CACHE_HOME/vital, else ~/.cache/vital."""
+    root = os.environ.get("VITAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vital")
+    return Path(root) / "receptive_fields.json"
+
+
+def _cache_key(module: nn.Module, layer: str, size: int) -> str:
+    """The architecture (the module tree as printed, the source of every module class, this file's source: a field
+    depends on nothing else) with the layer and input size."""
+    parts = [repr(module), layer, str(size), inspect.getsource(sys.modules[__name__])]
+    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        try:
+            parts.append(inspect.getsource(cls))
+        except (OSError, TypeError):  # defined where its source cannot be read: its name only
+            parts.append(f"{cls.__module__}.{cls.__qualname__}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(entries: dict) -> None:
+    """Add entries (best effort: an unwritable cache only means measuring again next time)."""
+    try:
+        path = cache_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from vital.io import write_json
+
+        write_json({**_read_cache(), **entries}, path)
+    except OSError:
+        pass
 
 
 EFFECTIVE_MASS = 0.75
