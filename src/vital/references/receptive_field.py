@@ -202,7 +202,11 @@ def cache_path() -> Path:
 def _cache_key(module: nn.Module, layer: str, size: int) -> str:
     """The architecture (the module tree as printed, the source of every module class, this file's source: a field
     depends on nothing else) with the layer and input size."""
-    parts = [repr(module), layer, str(size), inspect.getsource(sys.modules[__name__])]
+    try:
+        own = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):  # no source to read (a frozen install): the version stands for it
+        from vital import __version__ as own
+    parts = [repr(module), layer, str(size), own]
     for cls in sorted({type(m) for m in module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
         try:
             parts.append(inspect.getsource(cls))
