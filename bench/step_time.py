@@ -5,7 +5,8 @@ the same model and batch (target on CPU: <= 1.3), the throughput of one batch of
 (target: > 1.5x), the intermediate-neuron step (VITAL's channel defaults: relevance-weighted references, no
 relevance pass per step; target at the deepest preset stage) / bare forward+backward, the same with the authors'
 per-step LRP mask (mask "multiply": one relevance pass per step; target <= 2.0), and mining throughput / bare
-forward throughput over the same images (target: >= 0.7). A second table gives the neuron step of other
+forward throughput over the same images (target: >= 0.7), the same on 4 photos (fixed per-call costs), and a MACO
+step over a bare forward+backward of its crops (target <= 1.1). A second table gives the neuron step of other
 architectures (`--neuron-models`, random weights: vit_b_16 and convnext_tiny by default, whose relevance comes from
 the modified-gradient rules; target <= 2.5).
 Measurements are interleaved and repeated; medians are reported.
@@ -70,6 +71,25 @@ def neuron_step(model, layer: str, refs, steps: int, mask: str = "reference") ->
                               VitalOptions(mask=mask)))
 
 
+def maco_step(model, refs, steps: int) -> float:
+    """One MACO step (its crops of the one image through the model, forward and backward)."""
+    return _step(build_recipe("maco", model, [Class(282)], [refs], RunOptions(steps=steps + 3, warmup=1,
+                                                                             progress=False)))
+
+
+def small_folder_ratio(model, layer: str, folder: Path) -> float:
+    """Mining / bare forward over 4 photos (fixed per-call costs; receptive fields cached after the first call)."""
+    from vital.references.images import list_images
+
+    files = list_images(folder)[:4]
+    with tempfile.TemporaryDirectory() as d:
+        for i, p in enumerate(files):
+            shutil.copy(p, Path(d) / f"{i}{p.suffix}")
+        mine(model, [layer], d, k=2, progress=False)  # the cache of receptive fields, as a second call finds it
+        mined, bare = _mining_ratio(model, layer, Path(d), 4)
+    return mined / bare
+
+
 def mining_ratio(model, layer: str, folder: Path, batch: int = 8) -> tuple[float, float]:
     """Images/s of `vital.mine` (one layer, every channel, top-50) and of bare no-grad forwards of the same
     preprocessed images (loading included in both, through the same loader)."""
@@ -130,13 +150,16 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print("| model | bare fwd+bwd (ms) | class step (ms) | class/bare | batch-8 step (ms) | batch-8 vs 8 single "
           "| bare batch-8 vs 8 single (ceiling) | neuron target | neuron step (ms) | neuron/bare "
-          "| neuron step, LRP each step (ms) | LRP-step/bare | mining img/s | bare fwd img/s | mining/bare |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| neuron step, LRP each step (ms) | LRP-step/bare | MACO per crop / bare | mining img/s | bare fwd img/s "
+          "| mining/bare | mining/bare, 4 photos |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in filter(None, a.models.split(",")):
         model = load_model(name, weights="default" if name.startswith("efficientnet_lite") else None, device=dev)
         layers = model.preset.layers
         target = layers[-1]
-        bare, bare8, single, batch8, neuron, lrp = [], [], [], [], [], []
+        from vital.methods.baselines import MACO_CROPS
+
+        bare, bare8, single, batch8, neuron, lrp, maco, barec = [], [], [], [], [], [], [], []
         for _ in range(a.rounds):  # interleaved, so drifting machine load hits all alike
             bare.append(bare_step(model, 1, a.steps))
             bare8.append(bare_step(model, 8, max(2, a.steps // 2)))
@@ -144,11 +167,15 @@ def main() -> None:
             batch8.append(vital_step(model, classes, refs, a.steps))
             neuron.append(neuron_step(model, target, refs[classes[0]], a.steps))
             lrp.append(neuron_step(model, target, refs[classes[0]], a.steps, mask="multiply"))
-        b, bb8, s, b8, n, nl = (statistics.median(v) for v in (bare, bare8, single, batch8, neuron, lrp))
+            maco.append(maco_step(model, refs[classes[0]], a.steps))
+            barec.append(bare_step(model, MACO_CROPS, max(2, a.steps // 2)))
+        b, bb8, s, b8, n, nl, mc, bc = (statistics.median(v) for v in (bare, bare8, single, batch8, neuron, lrp,
+                                                                       maco, barec))
         mined, fwd = mining_ratio(model, layers[-2], Path(a.images))
+        small = small_folder_ratio(model, layers[-2], Path(a.images))
         print(f"| {name} ({model.weights_id}) | {1e3 * b:.1f} | {1e3 * s:.1f} | {s / b:.2f} | {1e3 * b8:.1f} "
               f"| {8 * s / b8:.2f}x | {8 * b / bb8:.2f}x | {target} | {1e3 * n:.1f} | {n / b:.2f} | {1e3 * nl:.1f} "
-              f"| {nl / b:.2f} | {mined:.1f} | {fwd:.1f} | {mined / fwd:.2f} |")
+              f"| {nl / b:.2f} | {mc / bc:.2f} | {mined:.1f} | {fwd:.1f} | {mined / fwd:.2f} | {small:.2f} |")
 
     neuron_table(a, dev, refs[classes[0]])
 
