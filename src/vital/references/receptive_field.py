@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,20 +199,31 @@ def cache_path() -> Path:
     return Path(root) / "receptive_fields.json"
 
 
-def _cache_key(module: nn.Module, layer: str, size: int) -> str:
-    """The architecture (the module tree as printed, the source of every module class, this file's source: a field
-    depends on nothing else) with the layer and input size."""
+def _file_stamp(module_name: str) -> str:
+    """A Python module's file, size and modification time: its code, cheaply (no source is read)."""
+    path = getattr(sys.modules.get(module_name), "__file__", None)
+    if not path:
+        return module_name
     try:
-        own = inspect.getsource(sys.modules[__name__])
-    except (OSError, TypeError):  # no source to read (a frozen install): the version stands for it
-        from vital import __version__ as own
-    parts = [repr(module), layer, str(size), own]
-    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
-        try:
-            parts.append(inspect.getsource(cls))
-        except (OSError, TypeError):  # defined where its source cannot be read: its name only
-            parts.append(f"{cls.__module__}.{cls.__qualname__}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        st = os.stat(path)
+    except OSError:
+        return module_name
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+_KEYS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], str]] = weakref.WeakKeyDictionary()
+
+
+def _cache_key(module: nn.Module, layer: str, size: int) -> str:
+    """The architecture (the module tree as printed, and the files of every module class and of this code: a field
+    depends on nothing else) with the layer and input size."""
+    known = _KEYS.setdefault(module, {})
+    if (layer, size) not in known:
+        classes = sorted({f"{c.__module__}.{c.__qualname__}|{_file_stamp(c.__module__)}" for c in
+                          (type(m) for m in module.modules())})
+        parts = [repr(module), layer, str(size), _file_stamp(__name__), *classes]
+        known[(layer, size)] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return known[(layer, size)]
 
 
 def _read_cache() -> dict:
