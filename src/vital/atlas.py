@@ -400,9 +400,8 @@ class Atlas:
             from vital.circuit import svg
 
             data = _read(n.circuit)
-            links = {(lay, ch): f"{up}neurons/{_url(safe_name(lay))}/{ch}.html" for (lay, ch) in self.neurons} | {
-                (lay, ch): f"{up}neurons/{_url(safe_name(lay))}/{ch}.html"
-                for lay in self.layers() for ch in self.channels(lay)}
+            links = {(lay, ch): f"{up}neurons/{_url(safe_name(lay))}/{ch}.html"
+                     for lay in self.layers() for ch in self.channels(lay)}  # every neuron has a page
             parts.append(f"<h2>Circuit</h2><p>share of the relevance of {data.get('references')} references "
                          f"({_esc(data.get('relevance'))}) at each upstream layer</p>{svg(data, links)}")
         if n is not None and n.record is not None:

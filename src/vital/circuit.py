@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from vital.errors import VitalError
-from vital.features import FeatureExtractor, upstream_of
+from vital.features import upstream_of
 from vital.io import write_json
+from vital.layout import LayoutProbe, to_positions
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet
 
@@ -68,17 +69,13 @@ def channel_relevance(model: VisionModel, layer: str, channel: int, images: torc
     from vital.relevance import RelevanceEngine
 
     engine = RelevanceEngine(model.module, layer, list(upstream), method)
-    extractor = FeatureExtractor(model.module, list(upstream))
     totals: dict[str, torch.Tensor] = {}
     for chunk in images.split(8):
         chunk = chunk.to(model.device, model.dtype)
-        rel = engine(chunk, channel)
-        extractor(chunk)  # the layers' layouts, read once
+        rel = engine(chunk, channel)  # shaped like each layer's output, in its layout
         for n in upstream:
-            from vital.layout import to_positions
-
-            r = to_positions(rel[n], extractor.layouts[n]).double().sum(dim=(0, 2))
-            totals[n] = totals.get(n, 0) + r
+            layout = LayoutProbe.layout(model.module, n, tuple(rel[n].shape), chunk)
+            totals[n] = totals.get(n, 0) + to_positions(rel[n], layout).double().sum(dim=(0, 2))
     return totals
 
 

@@ -94,7 +94,7 @@ def _refs(a: argparse.Namespace, targets: list, classes: bool) -> list:
     if kind is not None and spec.source != "store":
         raise VitalError(f"--ref-kind {kind} picks a mining store's top images or patches, but --refs {a.refs} is a "
                          f"{spec.source}; drop --ref-kind or pass a store made by vital mine")
-    return spec.resolve(targets, seed=a.seed)
+    return spec.resolve(targets, seed=getattr(a, "seed", 0))
 
 
 def _once(targets: list, what: str) -> list:
@@ -228,9 +228,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
                      clip_weights=a.clip_weights, embedding_path=out / "embedding.png", device=device,
                      progress=not a.quiet)
     write_table(table, out)
-    write_json(run_metrics(table, runs), out / "metrics.json")  # the run folders are read, never written
+    metrics = run_metrics(table, runs)
+    write_json(metrics, out / "metrics.json")  # the run folders are read, never written
     print(table.to_markdown())
-    print(f"gallery: {write_gallery(out, gallery_from_runs(runs, run_metrics(table, runs)), table=table)}")
+    print(f"gallery: {write_gallery(out, gallery_from_runs(runs, metrics), table=table)}")
     return 0
 
 
@@ -240,7 +241,6 @@ def _real_images(a: argparse.Namespace, classes: list[int]) -> dict[int, list]:
 
     from vital.targets import Class
 
-    a.seed = 0
     refs = _refs(a, [Class(k) for k in classes], classes=True)
     return {k: list(r.files) + [to_tensor(im.convert("RGB")) for _, im in r.images]
             for k, r in zip(classes, refs, strict=True)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,6 +30,16 @@ def ensure_writable(out_dir: str | os.PathLike) -> Path:
     except OSError as e:
         raise VitalError(f"cannot write to output folder {out} ({e.strerror or e}); choose another --out") from e
     return out
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the complete folder `tmp` in place of `final` (which may not exist): the old one is moved aside, the new
+    one renamed in, the old one removed, so a reader finds the old folder or the new one, never a mix."""
+    old = tmp.with_name(tmp.name + ".old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def to_uint8(img01: torch.Tensor) -> np.ndarray:

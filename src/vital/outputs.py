@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vital.errors import VitalError
-from vital.io import ensure_writable
+from vital.io import ensure_writable, replace_folder
 
 T = TypeVar("T")
 RECORD = "record.json"
@@ -58,8 +58,7 @@ class RunFolder:
         ensure_writable(self.path.parent)
         self._lock()
         try:
-            for leftover in [*self.path.parent.glob(f".{self.path.name}.tmp-*"),
-                             *self.path.parent.glob(f".{self.path.name}.old-*")]:
+            for leftover in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # ".old" ones too
                 shutil.rmtree(leftover, ignore_errors=True)  # a killed writer's: the lock is ours now
             self._check_contents()
         except BaseException:
@@ -123,18 +122,13 @@ class RunFolder:
         """Call `write(folder)` on a fresh temporary folder, then put that folder in place of the run folder."""
         if not self.held and self.path not in _HELD:
             raise VitalError("commit needs a claimed folder: use `with RunFolder(out) as f: f.commit(...)`")
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.path.parent / f".{self.path.name}.tmp-{tag}"
-        old = self.path.parent / f".{self.path.name}.old-{tag}"
+        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             result = write(tmp)
-            if self.path.exists():
-                os.replace(self.path, old)
-            os.replace(tmp, self.path)
+            replace_folder(tmp, self.path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
         return result
 
 

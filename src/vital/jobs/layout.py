@@ -2,7 +2,7 @@
 (`<out>/<target slug>/` with its image, transparency and record.json) and `<out>/summary.json`.
 
 A target folder is written under a temporary name and renamed into place (`os.replace` of the folder), so a folder
-with the target's name is always complete; a killed run leaves at most `.tmp-*` / `.old-*` folders, which the
+with the target's name is always complete; a killed run leaves at most `.tmp-*` folders (and their `.old` twins), which the
 next run removes. Completeness is still checked (the record and every file it names exist), so a folder damaged
 by hand is redone rather than trusted.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vital.errors import VitalError
-from vital.io import ensure_writable, write_json
+from vital.io import ensure_writable, replace_folder, write_json
 
 FORMAT = "vital-batch-job/1"
 MANIFEST, SUMMARY, RECORD = "job.json", "summary.json", "record.json"
@@ -33,7 +33,7 @@ class Layout:
         if self.out.exists() and not self.out.is_dir():
             raise VitalError(f"--out {self.out} is a file; give a folder for the job's results")
         ensure_writable(self.out)
-        for leftover in [*self.out.glob(".tmp-*"), *self.out.glob(".old-*")]:
+        for leftover in self.out.glob(".tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         path = self.out / MANIFEST
         if not path.is_file():
@@ -81,13 +81,7 @@ class Layout:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-            old = None
-            if final.exists():  # a damaged earlier attempt: move it aside, then swap the new folder in
-                old = self.out / f".old-{tag}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, final)  # a damaged earlier attempt is swapped out
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

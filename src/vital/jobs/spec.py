@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vital import validate
 from vital.errors import VitalError, closest
 from vital.methods import RunOptions, option_names, split_options
@@ -52,14 +50,10 @@ class ModelSpec:
             raise VitalError(f"factory '{self.factory}' must read package.module:function")
 
     def load(self, device: str) -> VisionModel:
-        """The model on `device`. A random network by name (weights None) is drawn from a fixed seed, so that
-        every worker process builds the same one."""
+        """The model on `device`. A random network by name (weights None) is drawn from `load_model`'s fixed seed,
+        so that every worker process builds the same one."""
         if self.name is not None:
-            if self.weights is not None:
-                return load_model(self.name, self.weights, device)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return load_model(self.name, None, device)
+            return load_model(self.name, self.weights, device)
         made = self.callable()()
         return load_model(made, device=device) if not isinstance(made, VisionModel) else made.to(device)
 

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
+from vital.layout import LayoutProbe
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
+from vital.relevance import readout
 from vital.targets import Channel, Class, Direction, Target
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -126,17 +128,13 @@ class Activation(Term):
             if self.positions is None:
                 losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
                 continue
-            from vital.relevance import readout
-
             raw = feats[layer][rows]
-            from vital.layout import LayoutProbe
-
-            layout = LayoutProbe.layout(self.model.module, layer, tuple(raw.shape), x)
+            shape = tuple(raw.shape)
+            layout = LayoutProbe.layout(self.model.module, layer, shape, x)
             units = readout.Readout(channels=index[rows], positions=self.positions.repeat_interleave(views, 0)[rows])
-            readout.check(units, tuple(raw.shape), layout, layer)
-            mask = readout.position_mask(units, tuple(raw.shape), layout, readout.values(raw, units, layout).shape[1],
-                                         raw.device)
+            readout.check(units, shape, layout, layer)
             v = readout.values(raw, units, layout)
+            mask = readout.position_mask(units, shape, layout, v.shape[1], raw.device)
             assert mask is not None
             losses = losses.index_put((rows,), -(v * mask).sum(1) / mask.sum(1))
         return losses

@@ -121,7 +121,6 @@ class Alignment(Term):
                                                               or self.units.positions is not None):
             raise VitalError("the target term matches a whole channel's distribution; it does not apply to a "
                              "direction or a position: leave target_weight at 0")
-        self.channels = None if self.units is None else self.units.channels
         self.refs = ReferencePixels(model, references)
         # the target layer's own output is captured too when it is matched (relevance there is unused)
         captured = self.layers + ([target_layer] if self.target_weight and target_layer not in self.layers else [])
@@ -135,6 +134,11 @@ class Alignment(Term):
         self.q_plain: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}
         self.q_target: torch.Tensor | None = None
+
+    @property
+    def channels(self) -> torch.Tensor | None:
+        """The target channel of each sample (None for classes and directions)."""
+        return None if self.units is None else self.units.channels
 
     @property
     def weighted(self) -> bool:

@@ -31,16 +31,18 @@ class Readout:
     positions: torch.Tensor | None = None
 
     @property
-    def batch(self) -> int:
+    def _ref(self) -> torch.Tensor:
         ref = self.channels if self.channels is not None else self.vectors
-        assert ref is not None
-        return ref.shape[0]
+        assert ref is not None, "a readout needs channels or vectors"
+        return ref
+
+    @property
+    def batch(self) -> int:
+        return self._ref.shape[0]
 
     @property
     def batch_device(self) -> torch.device:
-        ref = self.channels if self.channels is not None else self.vectors
-        assert ref is not None
-        return ref.device
+        return self._ref.device
 
     def expand(self, rows: torch.Tensor) -> Readout:
         """The readout of the given sample rows (views of the same target repeat its row)."""
