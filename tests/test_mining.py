@@ -342,6 +342,44 @@ def test_effective_patches_for_a_layer_that_sees_the_whole_input(folder, tmp_pat
         mine(model, ["layer4"], folder, k=4, progress=False, patch="erf")
 
 
+def test_effective_fields_are_measured_once_per_model_weights_and_data(folder, tmp_path, monkeypatch):
+    """Mining the same data again takes the effective field from the disk cache (no gradient pass); other weights
+    or a damaged entry measure it again, and the cached field equals the measured one."""
+    import torchvision
+
+    from vital.references import receptive_field as rf_module
+
+    monkeypatch.setenv("VITAL_CACHE", str(tmp_path / "cache"))  # an empty cache, whatever ran before
+    calls = []
+    measure = rf_module.effective_field
+    monkeypatch.setattr(rf_module, "effective_field", lambda *a, **k: calls.append(a[1]) or measure(*a, **k))
+    torch.manual_seed(0)
+    model = load_model(torchvision.models.resnet18(weights=None), size=128, name="r18")
+    first = mine(model, ["layer4", "layer3"], folder, k=2, progress=False, patch="effective")
+    assert sorted(calls) == ["layer3", "layer4"]
+    again = mine(model, ["layer4", "layer3"], folder, k=2, progress=False, patch="effective")
+    assert sorted(calls) == ["layer3", "layer4"]  # nothing measured
+    for n in ("layer4", "layer3"):
+        assert again.index["layers"][n]["receptive_field"] == first.index["layers"][n]["receptive_field"]
+        assert torch.equal(again.tensors[n]["patch_boxes"], first.tensors[n]["patch_boxes"])
+    with torch.no_grad():
+        model.module.layer4[1].conv2.weight.mul_(2)  # other weights: measured again
+    mine(model, ["layer4"], folder, k=2, progress=False)
+    assert calls.count("layer4") == 2
+    cache = rf_module.cache_path()
+    entries = json.loads(cache.read_text())
+    for key in entries:
+        if key.startswith("effective:"):
+            entries[key] = {"side": "wide"}  # damaged: measured again, not a crash
+    cache.write_text(json.dumps(entries))
+    mine(model, ["layer4"], folder, k=2, progress=False)
+    assert calls.count("layer4") == 3
+    first_file = list_images(folder)[0]
+    os.utime(first_file, ns=(1, 1))  # a sample file changed (by its time): measured again
+    mine(model, ["layer4"], folder, k=2, progress=False)
+    assert calls.count("layer4") == 4
+
+
 def test_distinct_channels_by_strength_and_source_overlap():
     """Channel strengths k-th/1st: c0 0.9, c1 0.8, c2 0.5, c3 0.95 (but c3's sources are c0's), c4 0 (dead)."""
     scores = torch.tensor([[10.0, 9.5, 9.0], [5.0, 4.5, 4.0], [2.0, 1.5, 1.0], [20.0, 19.5, 19.0], [0.0, 0.0, 0.0]])

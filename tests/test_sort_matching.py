@@ -69,17 +69,92 @@ def test_channel_weights_scale_per_channel():
     assert torch.allclose(sort_matching_loss(s, q, w), (per_channel * w).sum(-1) / 2)
 
 
-def test_fast_cpu_sort_equals_torch_sort_with_the_same_gradient():
+def _plain_reference(x: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss written with torch.sort(stable=True) and autograd, and its gradient: what the fused pass must equal."""
+    x = x.detach().clone().requires_grad_(True)
+    s = x.sort(dim=-1, stable=True).values
+    loss = 0
+    for q, w, scale in targets:
+        err = (s - q).square()
+        if w is not None:
+            err = err * w.unsqueeze(-1)
+        loss = loss + scale * err.mean(dim=(1, 2))
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), g
+
+
+def _with_ties(shape, dtype=torch.float32, seed=0) -> torch.Tensor:
+    """Values with many exact ties: ReLU zeros (as +0.0 and -0.0), repeated values and clamped ones."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype)
+    x = torch.where(x < -0.3, torch.zeros_like(x), x)  # a third exact zeros
+    x[..., ::7] = -0.0
+    x[..., ::11] = 0.75
+    return x.clamp(max=1.5)  # ReLU6-like plateau
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 50), (2, 40, 2000)])  # one block, and several blocks on threads
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the numpy pass, and the torch pass
+def test_fused_pass_equals_plain_sort_loss_and_gradient_with_ties(shape, dtype):
+    from vital.objectives.sort_matching import Prototype, sort_matching_losses
+
+    x = _with_ties(shape, dtype)
+    b, c, p = shape
+    g = torch.Generator().manual_seed(1)
+    q_shared = torch.randn(c, p, generator=g).to(dtype).sort(-1).values
+    q_each = torch.randn(b, c, p, generator=g).to(dtype).sort(-1).values
+    w = torch.rand(b, c, generator=g).to(dtype)
+    targets = [(q_shared, w, 0.7), (q_each, None, 1.3)]
+    expected_loss, expected_grad = _plain_reference(x, targets)
+    xs = x.clone().requires_grad_(True)
+    loss = sort_matching_losses(xs, [Prototype(q, w_, s) for q, w_, s in targets])
+    (grad,) = torch.autograd.grad(loss.sum(), xs)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(loss, expected_loss, rtol=tol, atol=0)
+    assert torch.allclose(grad, expected_grad, rtol=tol, atol=tol * expected_grad.abs().max())
+    # ties are broken by position, as the stable sort does: the residuals of tied values differ, so a different
+    # assignment would show here
+    zeros = x == 0
+    assert zeros.sum() > 0.2 * x.numel() and not torch.equal(grad[zeros], grad[zeros][0].expand(int(zeros.sum())))
+
+
+def test_fused_pass_scales_with_the_incoming_gradient_and_gives_the_same_loss_without_grad():
+    from vital.objectives.sort_matching import Prototype, sort_matching_losses
+
+    x = torch.randn(3, 4, 30, requires_grad=True)
+    q = torch.randn(4, 30).sort(-1).values
+    loss = sort_matching_losses(x, [Prototype(q)])
+    weights = torch.tensor([1.0, -2.0, 0.5])
+    (grad,) = torch.autograd.grad((loss * weights).sum(), x)
+    _, plain = _plain_reference(x, [(q, None, 1.0)])  # each sample's gradient, at weight 1
+    assert torch.allclose(grad, plain * weights.view(-1, 1, 1), atol=1e-7)
+    with torch.no_grad():
+        assert torch.allclose(sort_matching_losses(x, [Prototype(q)]), loss)
+
+
+def test_order_keys_sort_like_floats():
+    from vital.objectives.sort_matching import _order_keys
+
+    v = np.array([np.inf, 3.0, 1e-40, 0.0, -0.0, -1e-40, -2.5, -np.inf, 2.0, -3.0e38, 3.0e38, 1e-45, -1e-45],
+                 dtype=np.float32)[None]
+    order = np.sort(_order_keys(v), axis=-1) & 0xFFFFFFFF
+    sorted_values = v[0, order[0]]
+    assert np.array_equal(sorted_values, np.sort(v[0]))
+    # -0.0 and 0.0 compare equal, so they keep their positions' order (index 3 before 4)
+    assert list(order[0]).index(3) < list(order[0]).index(4)
+
+
+def test_sort_last_is_stable_and_differentiable():
     from vital.objectives.sort_matching import sort_last
 
-    # distinct values (ties may be broken either way), large enough for the threaded path
-    x = (torch.randperm(2 * 64 * 1200).float().view(2, 64, 1200) / 1000).requires_grad_(True)
+    x = _with_ties((2, 64, 1200)).requires_grad_(True)  # large enough for the threaded path
     w = torch.randn(2, 64, 1200)
     (sort_last(x) * w).sum().backward()
-    g_fast = x.grad.clone()
-    x.grad = None
-    (x.sort(dim=-1).values * w).sum().backward()
-    assert torch.equal(sort_last(x), x.sort(dim=-1).values) and torch.allclose(g_fast, x.grad)
+    ref = x.detach().clone().requires_grad_(True)
+    (ref.sort(dim=-1, stable=True).values * w).sum().backward()
+    assert torch.equal(sort_last(x.detach()), ref.detach().sort(dim=-1).values)
+    assert torch.equal(sort_last(x).detach(), ref.detach().sort(dim=-1).values)
+    assert torch.equal(x.grad, ref.grad)
 
 
 def test_accumulator_in_chunks_equals_one_shot():
@@ -93,3 +168,23 @@ def test_accumulator_in_chunks_equals_one_shot():
 def test_position_count_mismatch_is_explained():
     with pytest.raises(ValueError, match="same resolution"):
         sort_matching_loss(torch.randn(1, 2, 5), torch.randn(2, 6))
+
+
+def test_the_device_pass_equals_the_cpu_pass():
+    """The torch pass (what CUDA and MPS run) and the numpy pass give the same rows and gradient on float32; half
+    precision features are matched in float32 and get their gradient in their own dtype."""
+    from vital.objectives.sort_matching import Prototype, _residual_pass, _residual_pass_torch
+
+    x = _with_ties((2, 40, 2000))
+    g = torch.Generator().manual_seed(3)
+    targets = [Prototype(torch.randn(40, 2000, generator=g).sort(-1).values, torch.rand(2, 40, generator=g), 0.5),
+               Prototype(torch.randn(2, 40, 2000, generator=g).sort(-1).values, None, 2.0)]
+    rows_np, g_np = _residual_pass(x, targets, True, 1 / 80000)
+    rows_t, g_t = _residual_pass_torch(x, targets, True, 1 / 80000)
+    for a, b in zip(rows_np, rows_t, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5)
+    assert torch.allclose(g_np, g_t, rtol=1e-6, atol=1e-12)
+    rows_h, g_h = _residual_pass_torch(x.bfloat16(), targets, True, 1 / 80000)
+    assert g_h.dtype == torch.bfloat16 and rows_h[0].dtype == torch.float32
+    assert torch.allclose(g_h.float(), _residual_pass_torch(x.bfloat16().float(), targets, True, 1 / 80000)[1],
+                          rtol=1e-2, atol=1e-6)

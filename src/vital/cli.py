@@ -260,7 +260,7 @@ def cmd_mine(a: argparse.Namespace) -> int:
     model = load_model(a.model, a.weights, resolve_device(a.device))
     store = mine(model, parse_names(a.layers), a.images, k=a.k, n_images=a.n_images, out=a.out,
                  batch_size=a.batch_size, workers=a.workers, resume=not a.no_resume, progress=not a.quiet,
-                 grid=a.grid, directions=directions or None)
+                 grid=a.grid, directions=directions or None, decode=a.decode)
     for layer in store.layers:
         info = store.index["layers"][layer]
         print(f"{layer}: {info.get('channels')} channels, top-{a.k} patches and images per channel")
@@ -462,6 +462,8 @@ def _add_mine(sub) -> None:
     mi.add_argument("--out", "-o", required=True, help="store folder (resumed if it exists)")
     mi.add_argument("--batch-size", type=int, default=32)
     mi.add_argument("--workers", type=int, default=0)
+    mi.add_argument("--decode", choices=("pil", "device"), default="pil",
+                    help="device: decode JPEG files and preprocess on the model's device (GPU mining; nvJPEG)")
     mi.add_argument("--no-resume", action="store_true")
     mi.add_argument("--grid", action="store_true", help="write a grid of the top patches per layer")
     mi.add_argument("--quiet", "-q", action="store_true")

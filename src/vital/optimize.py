@@ -86,7 +86,8 @@ class Trace:
     grad_accumulator: torch.Tensor  # (B, H, W): sum over steps of the channel-mean |dL/d image|
     history: torch.Tensor  # (steps, B)
     seconds: float
-    step_seconds: float
+    step_seconds: float  # mean wall time of one step (without the stages' preparation)
+    step_times: list[float] = field(default_factory=list)  # wall time of each step, for medians and profiles
     extra: dict = field(default_factory=dict)
 
 
@@ -99,14 +100,14 @@ def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *
     history: list[torch.Tensor] = []
     bar = tqdm(total=settings.total_steps, desc=description, disable=not settings.progress, dynamic_ncols=True)
     start = time.perf_counter()
-    step_time = 0.0
+    step_times: list[float] = []
     try:
         for stage in settings.stages:
             objective.prepare(stage.downsample)
             params = param.parameters()
             opt = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, eps=settings.eps)
             shift = settings.jitter // stage.downsample
-            t_stage = time.perf_counter()
+            t_step = time.perf_counter()
             for t in range(stage.steps):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(t, stage.steps, settings.lr, settings.warmup)
@@ -135,9 +136,11 @@ def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *
                 bar.update(1)
                 if t % 10 == 0 or t == stage.steps - 1:
                     bar.set_postfix(loss=f"{loss.detach().mean().item():.4g}", res=x.shape[-1])
-            step_time += time.perf_counter() - t_stage
+                now = time.perf_counter()
+                step_times.append(now - t_step)
+                t_step = now
     finally:
         bar.close()
     total = time.perf_counter() - start
     return Trace(param.image().detach(), acc, torch.stack(history).cpu(), total,
-                 step_time / max(1, settings.total_steps))
+                 sum(step_times) / max(1, len(step_times)), step_times)

@@ -159,11 +159,12 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-12)).item()
 
 
-def accelerate(model: VisionModel, options: SpeedOptions, check: bool = True, seed: int = 0) -> Acceleration:
+def accelerate(model: VisionModel, options: SpeedOptions, check: bool = True, seed: int = 0,
+               enforce: bool = True) -> Acceleration:
     """Apply `options` to `model` and, with `check`, verify on a seeded batch of two images that logits and input
     gradients moved by at most the options' tolerance. Returns the applied `Acceleration` (a context manager that
     undoes it); its `report` holds the measured deviations for the run record. A refused option is undone before
-    the error is raised."""
+    the error is raised; `enforce=False` measures and reports without refusing (benchmarks)."""
     acceleration = Acceleration(model, options)
     if not options.any:
         return acceleration.apply()
@@ -177,7 +178,7 @@ def accelerate(model: VisionModel, options: SpeedOptions, check: bool = True, se
         after = _probe(model, options, x)
         logits, grad = _relative(after[0], before[0]), _relative(after[1], before[1])
         acceleration.report.update(logits_deviation=logits, gradient_deviation=grad)
-        if max(logits, grad) > options.tolerance:
+        if enforce and max(logits, grad) > options.tolerance:
             raise VitalError(f"speed options {options.as_dict()} change {model.name}'s outputs by {logits:.2g} and "
                              f"its input gradients by {grad:.2g} (relative), above the tolerance "
                              f"{options.tolerance:g}; turn the option off (e.g. drop --autocast)")

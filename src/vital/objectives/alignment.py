@@ -32,10 +32,10 @@ from vital.layout import to_positions
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
 from vital.objectives.sort_matching import (
+    Prototype,
     PrototypeAccumulator,
-    sort_last,
     sort_matching_loss,
-    sorted_matching_loss,
+    sort_matching_losses,
 )
 from vital.references.images import ReferenceSet
 from vital.relevance.lrp import METHODS as RELEVANCE_ENGINES
@@ -213,12 +213,16 @@ class Alignment(Term):
         masks = None if rel is None else {n: relevance_mask(r) for n, r in rel.items()}
         loss = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         for n, w in zip(self.layers, self.weights, strict=True):
-            phi = sort_last(feats[n] if masks is None else masks[n] * feats[n])
             imp = self.importance.get(n)
-            loss = loss + w * sorted_matching_loss(phi, per_view(self.q[n]), None if imp is None else per_view(imp))
-            if n in self.q_plain:  # without a mask the image's features are already sorted: one sort serves both
-                plain = phi if masks is None else sort_last(feats[n])
-                loss = loss + self.unweighted * w * sorted_matching_loss(plain, per_view(self.q_plain[n]))
+            phi = feats[n] if masks is None else masks[n] * feats[n]
+            targets = [Prototype(per_view(self.q[n]), None if imp is None else per_view(imp), w)]
+            if n in self.q_plain:
+                plain = Prototype(per_view(self.q_plain[n]), None, self.unweighted * w)
+                if masks is None:  # the same features: one sort serves both prototypes
+                    targets.append(plain)
+                else:
+                    loss = loss + sort_matching_losses(feats[n], [plain])
+            loss = loss + sort_matching_losses(phi, targets)
         if self.q_target is not None:
             f = feats[self.target_layer]  # type: ignore[index]
             row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import time
 import warnings
@@ -27,8 +28,9 @@ from vital.errors import VitalError
 from vital.features import FeatureExtractor
 from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
+from vital.references.decode import DeviceDecoder, RawFolder, collate
 from vital.references.images import UNREADABLE, list_images, load_rgb
-from vital.references.receptive_field import ReceptiveField, effective_field, receptive_fields
+from vital.references.receptive_field import ReceptiveField, effective_fields, receptive_fields
 from vital.references.sources import HFImages, TarShards, source_for
 from vital.references.store import (
     FILES,
@@ -48,9 +50,11 @@ __all__ = ["MiningStore", "mine"]
 
 
 
-def _preprocessing(model: VisionModel, size: int) -> dict[str, Any]:
-    return {"mean": list(model.mean), "std": list(model.std), "size": size,
-            "resize": round(model.resize * size / model.size), "interpolation": model.interpolation}
+def _preprocessing(model: VisionModel, size: int, decode: str = "pil") -> dict[str, Any]:
+    """How images become model input (recorded only when not the default, so older stores still match)."""
+    out = {"mean": list(model.mean), "std": list(model.std), "size": size,
+           "resize": round(model.resize * size / model.size), "interpolation": model.interpolation}
+    return out if decode == "pil" else {**out, "decode": decode}
 
 
 class _Folder(Dataset):
@@ -171,7 +175,16 @@ def _check_arguments(layers: Sequence[str], k: int, n_images: int | None, batch_
 
 
 PATCH_RULES = ("auto", "theoretical", "effective")
+DECODERS = ("pil", "device")
 EFFECTIVE_SAMPLE = 16  # images (the first readable ones) on which the effective field is measured
+
+
+def _stamp(path: Path) -> str:
+    try:
+        st = os.stat(path)
+        return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return f"{path.name}:missing"
 
 
 def _fields(model: VisionModel, layers: list[str], data: _Folder | _Streamed | ModelSpaceDataset, size: int, patch: str
@@ -181,11 +194,17 @@ def _fields(model: VisionModel, layers: list[str], data: _Folder | _Streamed | M
     rfs = receptive_fields(model.module, list(layers), size)
     need = [n for n, rf in rfs.items() if patch == "effective" or (patch == "auto" and rf.is_global)]
     if need:
-        sample = [data[i] for i in range(min(len(data), 4 * EFFECTIVE_SAMPLE))]
-        x = torch.stack([item[0] for item in sample if item[2]][:EFFECTIVE_SAMPLE])
-        x = x.to(device=model.device, dtype=model.dtype)
-        for n in need:
-            side, offset = effective_field(model.module, n, x)
+        candidates = range(min(len(data), 4 * EFFECTIVE_SAMPLE))
+
+        def sample() -> torch.Tensor:
+            x = torch.stack([item[0] for item in (data[i] for i in candidates) if item[2]][:EFFECTIVE_SAMPLE])
+            return x.to(device=model.device, dtype=model.dtype)
+
+        key = None
+        if isinstance(data, _Folder):  # the sample's files by name, size and time: no decoding to look it up
+            stats = [_stamp(data.root / data.files[i]) for i in candidates]
+            key = hashlib.sha256(json.dumps([str(data.root), stats, _preprocessing(model, size)]).encode()).hexdigest()
+        for n, (side, offset) in effective_fields(model.module, need, sample, size, sample_key=key).items():
             # a global field says nothing of where a unit looks: take the measured centre of its effective field
             rfs[n] = dataclasses.replace(rfs[n], effective=side, offset=offset if rfs[n].is_global else rfs[n].offset)
     return rfs
@@ -215,7 +234,7 @@ class _Maps:
 
 
 def _header(model: VisionModel, extractor: _Maps, fingerprint: dict[str, Any], size: int, k: int,
-            n_images: int, rfs: dict[str, ReceptiveField]) -> dict[str, Any]:
+            n_images: int, rfs: dict[str, ReceptiveField], decode: str = "pil") -> dict[str, Any]:
     """The store's header: what it is mined for (model, layers with their shapes and receptive fields, image set,
     preprocessing, k)."""
     layers = list(extractor.layers)
@@ -228,7 +247,7 @@ def _header(model: VisionModel, extractor: _Maps, fingerprint: dict[str, Any], s
                           "receptive_field": rfs[name].as_dict(),
                           **({"directions": extractor.directions[name][1].tolist()}
                              if name in extractor.directions else {})} for name in layers},
-        "k": k, "n_images": n_images, "dataset": fingerprint, "preprocessing": _preprocessing(model, size),
+        "k": k, "n_images": n_images, "dataset": fingerprint, "preprocessing": _preprocessing(model, size, decode),
     }
     return header
 
@@ -271,24 +290,34 @@ class _Pass:
         write_json(store_index(self.header, seen, skipped, complete, self.created), self.path / INDEX)
 
     def scan(self, model: VisionModel, extractor: _Maps, rfs: dict[str, ReceptiveField], size: int,
-             batch_size: int, workers: int, checkpoint_every: int, progress: bool) -> None:
+             batch_size: int, workers: int, checkpoint_every: int, progress: bool, decode: str = "pil") -> None:
         """Merge every image not seen yet into the lists, batch by batch, checkpointing as it goes (and on an
-        interruption)."""
+        interruption). `decode="device"`: the loader reads JPEG bytes and the model's device decodes them."""
         device, dtype, m = model.device, model.dtype, max(self.k, self.n_images)
         start = self.state[1]
-        loader = DataLoader(Subset(self.data, range(start, len(self.data))), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, pin_memory=device.type == "cuda")
+        data: Dataset = self.data
+        decoder = None
+        if decode == "device":
+            assert isinstance(self.data, _Folder)
+            data = RawFolder(self.data.root, self.data.files, self.data.transform, self.data.size)
+            decoder = DeviceDecoder(model, size)
+        loader = DataLoader(Subset(data, range(start, len(self.data))), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, pin_memory=device.type == "cuda",
+                            collate_fn=collate if decoder is not None else None)
         bar = tqdm(total=len(self.data), initial=start, unit="img", desc="mining", disable=not progress,
                    dynamic_ncols=True)
         try:
             with torch.no_grad():
                 for step, (x, idx, ok, ident) in enumerate(loader, 1):
-                    ok = ok & torch.isfinite(x).flatten(1).all(1)  # a NaN or inf image is unreadable, not a score
+                    if decoder is not None:
+                        x, decoded = decoder(x)
+                        ok = ok & decoded
+                    ok = ok & torch.isfinite(x).flatten(1).all(1).cpu()  # a NaN or inf image is unreadable, not a score
                     lists, seen, skipped = self.state
                     for i, name in zip(idx.tolist(), ident, strict=True):
                         self.names[i] = name
                     if bool(ok.any()):
-                        feats = extractor(x[ok].to(device=device, dtype=dtype, non_blocking=True))
+                        feats = extractor(x[ok.to(x.device)].to(device=device, dtype=dtype, non_blocking=True))
                         lists = {name: _merge(ls, feats[name], idx[ok], rfs[name], size, m) for name, ls in lists.items()}
                     self.state = (lists, seen + len(ok), skipped + [self.names[i] for i in idx[~ok].tolist()])
                     bar.update(len(ok))
@@ -330,6 +359,7 @@ def mine(
     checkpoint_every: int = 100,
     patch: str = "auto",
     directions: dict[str, Any] | None = None,
+    decode: str = "pil",
 ) -> MiningStore:
     """Mine the top `n_images` (default k) images and top `k` patches (distinct images) of every channel of
     `layers` in one pass over `images`: a folder (searched recursively, preprocessed by the model's transform) or
@@ -344,25 +374,33 @@ def mine(
     theoretical field, or the effective one where the theoretical field covers the whole input (deep layers).
 
     `directions`: {layer: vectors (K, C) or one (C,)}: each direction is mined too, by its readout sum_c v_c a_c,
-    as channel k of the pseudo-layer "<layer>:directions" (the references of a `Direction` target)."""
+    as channel k of the pseudo-layer "<layer>:directions" (the references of a `Direction` target).
+
+    `decode`: "pil" (the model's transform in the loader) or "device" (folders: JPEG files decoded and preprocessed
+    on the model's device, `vital.references.decode`; the others through PIL)."""
     _check_arguments(list(layers) or list(directions or {}), k, n_images, batch_size, workers, checkpoint_every,
                      grid, out)
     if patch not in PATCH_RULES:
         raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
+    if decode not in DECODERS:
+        raise VitalError(f"unknown decoder '{decode}'; use one of {', '.join(DECODERS)}")
     vectors = {n: torch.as_tensor(v, dtype=torch.float32).reshape(-1, torch.as_tensor(v).shape[-1])
                for n, v in (directions or {}).items()}
     extractor = _Maps(model.module, layers, vectors)
     data, fingerprint, size = _source(images, model)
+    if decode == "device" and not isinstance(data, _Folder):
+        raise VitalError("decode='device' decodes the JPEG files of a folder; tar shards, datasets and tensors "
+                         "are decoded by the loader (leave decode at 'pil')")
     rfs = _fields(model, list(extractor.base.layers), data, size, patch)
     rfs.update({name: rfs[base] for name, (base, _) in extractor.directions.items()})
-    header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs)
+    header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs, decode)
     path = Path(out) if out is not None else None
     saved = _open_store(path, header, resume) if path is not None else None
     if path is not None and saved is not None and saved["complete"]:
         store = MiningStore.load(path, images)
     else:
         run = _Pass(header, path, data, saved, model.device)
-        run.scan(model, extractor, rfs, size, batch_size, workers, checkpoint_every, progress)
+        run.scan(model, extractor, rfs, size, batch_size, workers, checkpoint_every, progress, decode)
         store = run.finish(images)
     if grid:
         for name in header["layers"]:

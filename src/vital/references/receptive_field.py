@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,6 +276,55 @@ def effective_field(module: nn.Module, layer: str, images: torch.Tensor, mass: f
         if float(weights[inside].sum()) >= mass * total * (1 - 1e-9):
             return (side, side), offset
     return (g.shape[0], g.shape[1]), offset
+
+
+def _weights_fingerprint(module: nn.Module) -> str:
+    """The module's parameters and buffers, cheaply: each tensor's name, shape, sum and a strided sample."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in (*module.named_parameters(), *module.named_buffers()):
+            flat = t.detach().flatten()
+            sample = flat[::max(1, flat.numel() // 1024)].double().cpu().numpy()
+            h.update(f"{name}:{tuple(t.shape)}:{float(flat.double().sum())!r}".encode())
+            h.update(sample.tobytes())
+    return h.hexdigest()
+
+
+def effective_fields(module: nn.Module, layers: list[str], images: torch.Tensor | Callable[[], torch.Tensor],
+                     size: int, mass: float = EFFECTIVE_MASS, cache: bool = True, sample_key: str | None = None
+                     ) -> dict[str, tuple[tuple[int, int], tuple[float, float]]]:
+    """`effective_field` of several layers on the same images (a tensor, or a function that makes it: it is then
+    only called when something must be measured). The results are kept in the disk cache under the architecture,
+    the weights, the images (`sample_key`, e.g. the files' names, sizes and times; default: a hash of the pixels)
+    and the mass: mining the same data with the same model again (a small folder, another k, an atlas rebuild) runs
+    no gradient pass and decodes no sample."""
+    sample = images if torch.is_tensor(images) else None
+
+    def pixels() -> torch.Tensor:
+        nonlocal sample
+        if sample is None:
+            sample = images()  # type: ignore[operator]
+        return sample
+
+    found: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {}
+    keys: dict[str, str] = {}
+    if cache:
+        data = sample_key or hashlib.sha256(pixels().detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        weights = _weights_fingerprint(module)
+        keys = {n: "effective:" + hashlib.sha256(f"{_cache_key(module, n, size)}|{weights}|{data}|{mass!r}"
+                                                 .encode()).hexdigest() for n in layers}
+        stored = _read_cache()
+        for n in layers:
+            entry = stored.get(keys[n])
+            try:
+                (h, w), (y, x) = entry["side"], entry["offset"]  # type: ignore[index]
+                found[n] = ((int(h), int(w)), (float(y), float(x)))
+            except (KeyError, TypeError, ValueError):
+                pass  # absent or damaged: measured
+    measured = {n: effective_field(module, n, pixels(), mass) for n in layers if n not in found}
+    if cache and measured:
+        _write_cache({keys[n]: {"side": list(side), "offset": list(offset)} for n, (side, offset) in measured.items()})
+    return {n: found.get(n) or measured[n] for n in layers}
 
 
 def effective_size(module: nn.Module, layer: str, images: torch.Tensor, mass: float = EFFECTIVE_MASS
