@@ -86,9 +86,13 @@ class Trace:
     grad_accumulator: torch.Tensor  # (B, H, W): sum over steps of the channel-mean |dL/d image|
     history: torch.Tensor  # (steps, B)
     seconds: float
-    step_seconds: float  # mean wall time of one step (without the stages' preparation)
     step_times: list[float] = field(default_factory=list)  # wall time of each step, for medians and profiles
     extra: dict = field(default_factory=dict)
+
+    @property
+    def step_seconds(self) -> float:
+        """Mean wall time of one step (without the stages' preparation)."""
+        return sum(self.step_times) / max(1, len(self.step_times))
 
 
 def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *,
@@ -142,5 +146,4 @@ def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *
     finally:
         bar.close()
     total = time.perf_counter() - start
-    return Trace(param.image().detach(), acc, torch.stack(history).cpu(), total,
-                 sum(step_times) / max(1, len(step_times)), step_times)
+    return Trace(param.image().detach(), acc, torch.stack(history).cpu(), total, step_times)
