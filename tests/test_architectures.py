@@ -15,8 +15,8 @@ from torch import nn
 
 import vital
 from vital.errors import VitalError
-from vital.features import FeatureExtractor, layer_table
-from vital.layout import Layout, LayoutProbe, from_shape, to_map, to_positions
+from vital.features import FeatureExtractor, LayoutProbe, layer_table
+from vital.layout import Layout, from_shape, to_map, to_positions
 from vital.models import load_model
 from vital.models.presets import PRESETS, architecture, preset_for
 from vital.references.images import from_images

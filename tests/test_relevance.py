@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import vital.relevance.rules as rules
+import vital.relevance.chain.rules as rules
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
 from vital.relevance import RelevanceEngine, relevance_maps
@@ -503,7 +503,7 @@ def test_shared_forward_gives_the_model_features_and_the_same_relevance(resnet, 
 # ---- canonization and the conserving fallback ----------------------------------------------------------------------
 
 def test_folded_batchnorm_gives_the_same_forward():
-    from vital.relevance.rules import fold_batchnorm
+    from vital.relevance.chain.rules import fold_batchnorm
 
     torch.manual_seed(5)
     conv, bn = nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=True), nn.BatchNorm2d(6)
@@ -543,15 +543,15 @@ def test_w_square_fallback_by_hand():
     r_out = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
     r_out[0, 0, 0, 0] = 1.0  # a corner: only the lower-right 2x2 of the kernel sees the image
     engine = RelevanceEngine(net, "1", ["0"], eps=TINY_EPS)
-    h, ctxs, _ = engine._forward(x)
-    step = engine.steps[1]
+    h, ctxs, _ = engine.rules._forward(x)
+    step = engine.rules.steps[1]
     r_in = step.relevance(r_out, ctxs[1])
     w2 = torch.arange(1.0, 10.0, dtype=torch.float64).view(3, 3) ** 2
     expected = torch.zeros(4, 4, dtype=torch.float64)
     expected[:2, :2] = w2[1:, 1:] / w2[1:, 1:].sum()
     torch.testing.assert_close(r_in[0, 0], expected)
     engine = RelevanceEngine(net, "1", ["0"], eps=TINY_EPS, conserve=False)
-    assert float(engine.steps[1].relevance(r_out, ctxs[1]).sum()) == 0.0  # plain z+ drops it
+    assert float(engine.rules.steps[1].relevance(r_out, ctxs[1]).sum()) == 0.0  # plain z+ drops it
 
 
 @pytest.mark.integration

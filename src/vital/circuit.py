@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from vital.errors import VitalError
-from vital.features import upstream_of
+from vital.features import LayoutProbe, upstream_of
 from vital.io import write_json
-from vital.layout import LayoutProbe, to_positions
+from vital.layout import to_positions
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet
 

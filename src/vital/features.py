@@ -9,18 +9,19 @@ overwrites: in a model with in-place modules, the forward goes on with a copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
-from vital.layout import Layout, LayoutProbe, channel_count, from_shape, to_map, to_positions
+from vital.layout import Layout, channel_count, from_shape, to_map, to_positions
 
 
 class _Stop(Exception):
-    """Raised by the hook of the deepest layer so that nothing after it runs."""
+    """Raised by a capture hook so that nothing after the last layer needed runs."""
 
 
 VIEWS = ("positions", "map", "raw")
@@ -46,6 +47,61 @@ def resolve_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modu
                              "`vital layers MODEL` lists them.")
         out[n] = modules[n]
     return out
+
+
+def capture(model: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module], *,
+            until: tuple[str, nn.Module] | None = None, stop_early: bool = True, copy: bool = False,
+            first_of_sequence: bool = False, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+            ) -> dict[str, torch.Tensor]:
+    """One forward of `model` on `x` with the outputs of `modules` (name -> module) captured, each module's first
+    use only. The forward stops once the layer `until` (name, module) has run, which is captured too; without
+    `until` and with `stop_early`, once every layer has. A layer that did not run is missing from the result.
+
+    `copy`: the forward goes on with a copy of each captured output, so that a later in-place operation (VGG's
+    ReLU(inplace=True)) cannot overwrite it. `first_of_sequence`: a module returning a tuple or list is read as its
+    first element (else a non-tensor output is an error). `prepare`: applied to the outputs of `modules` (not to
+    `until`'s alone); the forward goes on with what it returns (the modified-gradient rules make a leaf there)."""
+    captured: dict[str, torch.Tensor] = {}
+    by_module: dict[int, tuple[nn.Module, list[str]]] = {}
+    for n, m in [*modules.items(), *([until] if until is not None else [])]:
+        names = by_module.setdefault(id(m), (m, []))[1]
+        if n not in names:
+            names.append(n)
+    wanted = set(modules)
+    last = until[0] if until is not None else None
+
+    def hook_for(names: list[str]):
+        def hook(_m: nn.Module, _inp, out):
+            whole = out
+            if first_of_sequence and isinstance(out, (tuple, list)):
+                out = out[0]
+            if not torch.is_tensor(out):
+                raise VitalError(f"layer '{names[0]}' returns {type(out).__name__}, not a tensor; pick another layer")
+            new = out
+            if names[0] not in captured:  # a module called twice (a shared activation): its first use counts
+                if prepare is not None and any(n in wanted for n in names):
+                    new = prepare(out)
+                for n in names:
+                    captured[n] = new
+                if last in names or (last is None and stop_early and wanted.issubset(captured)):
+                    raise _Stop
+            if copy:
+                new = new.clone()
+            if new is out:
+                return None
+            return type(whole)((new, *whole[1:])) if whole is not out else new
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(names)) for m, names in by_module.values()]
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
 
 
 class FeatureExtractor:
@@ -75,36 +131,45 @@ class FeatureExtractor:
         return to_positions(out, layout) if self.view == "positions" else to_map(out, layout, name)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        captured: dict[str, torch.Tensor] = {}
-        wanted = set(self.layers)
-
-        def make_hook(name: str):
-            def hook(_m: nn.Module, _inp, out):
-                if name in captured:
-                    return None  # a module called twice (shared activation): keep its first use
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                if not torch.is_tensor(out):
-                    raise VitalError(f"layer '{name}' returns {type(out).__name__}, not a tensor; pick another layer")
-                captured[name] = out
-                if self.stop_early and wanted.issubset(captured):
-                    raise _Stop
-                return out.clone() if self.copy else None  # an in-place op downstream then changes the copy
-
-            return hook
-
-        handles = [m.register_forward_hook(make_hook(n)) for n, m in self.modules.items()]
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        captured = capture(self.model, x, self.modules, stop_early=self.stop_early, copy=self.copy,
+                           first_of_sequence=True)
         missing = [n for n in self.layers if n not in captured]
         if missing:
             raise VitalError(f"layers {missing} did not run in the forward pass; pick layers the model uses")
         return {n: self._view(n, captured[n], x) for n in self.layers}
+
+
+class LayoutProbe:
+    """Layouts of a module's layers, resolved once per module and input size: read off the output's shape
+    (`vital.layout.from_shape`), and where that cannot tell (as many channels as rows and columns), probed once
+    at another input size (no gradient, batch 1): the dimensions that change are spatial."""
+
+    _cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, tuple[int, ...]], Layout]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def layout(cls, module: nn.Module, name: str, shape: tuple[int, ...], x: torch.Tensor) -> Layout:
+        """The layout of `name`'s output of `shape` for the input `x` (B, 3, H, W)."""
+        known = from_shape(shape)
+        if known is not None:
+            return known
+        table = cls._cache.setdefault(module, {})
+        key = (name, tuple(shape[1:]))
+        if key not in table:
+            table[key] = cls._probe(module, name, shape, x)
+        return table[key]
+
+    @staticmethod
+    def _probe(module: nn.Module, name: str, shape: tuple[int, ...], x: torch.Tensor) -> Layout:
+        side = x.shape[-1] + 32  # a multiple of 32 more keeps every stride of the usual backbones whole
+        probe = torch.zeros(1, 3, side, side, device=x.device, dtype=x.dtype)
+        try:
+            with torch.no_grad():
+                other = FeatureExtractor(module, [name], view="raw")(probe)[name].shape
+        except Exception:  # a model that takes one input size only: keep the convention
+            return Layout.CHANNELS_FIRST
+        if len(other) == 4 and other[1] != shape[1] and other[3] == shape[3]:
+            return Layout.CHANNELS_LAST
+        return Layout.CHANNELS_FIRST
 
 
 class LayerRow(NamedTuple):

@@ -9,17 +9,16 @@ a head emits vectors (B, C). Every path of vital reads a layer through one of tw
 
 A layout is read off the output's shape and the input's size: in a square input, the two equal dimensions of a 4-D
 output are the spatial ones. When all three are equal (56 channels at 56x56) the shape cannot tell, and the layer is
-probed once at another input size: the dimensions that change are spatial (`LayoutProbe`, cached per module).
+probed once at another input size: the dimensions that change are spatial (`vital.features.LayoutProbe`, cached
+per module).
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from enum import Enum
 
 import torch
-from torch import nn
 
 from vital.errors import VitalError
 
@@ -89,45 +88,3 @@ def to_map(t: torch.Tensor, layout: Layout, name: str = "layer") -> torch.Tensor
         return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
     raise VitalError(f"'{name}' outputs vectors of shape {tuple(t.shape[1:])}, not a map: mining, receptive fields "
                      "and patches need a convolutional or token layer")
-
-
-def select_channel(t: torch.Tensor, channels: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """t[b, channels[b]] over every position: (B, *positions)."""
-    idx = torch.arange(t.shape[0], device=t.device)
-    if layout in (Layout.CHANNELS_FIRST, Layout.VECTOR):
-        return t[idx, channels]
-    return t.movedim(-1, 1)[idx, channels]
-
-
-class LayoutProbe:
-    """Layouts of a module's layers, resolved once per module and input size; ambiguous shapes are probed at
-    another input size (no gradient, batch 1)."""
-
-    _cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, tuple[int, ...]], Layout]] = weakref.WeakKeyDictionary()
-
-    @classmethod
-    def layout(cls, module: nn.Module, name: str, shape: tuple[int, ...], x: torch.Tensor) -> Layout:
-        """The layout of `name`'s output of `shape` for the input `x` (B, 3, H, W)."""
-        known = from_shape(shape)
-        if known is not None:
-            return known
-        table = cls._cache.setdefault(module, {})
-        key = (name, tuple(shape[1:]))
-        if key not in table:
-            table[key] = cls._probe(module, name, shape, x)
-        return table[key]
-
-    @staticmethod
-    def _probe(module: nn.Module, name: str, shape: tuple[int, ...], x: torch.Tensor) -> Layout:
-        from vital.features import FeatureExtractor
-
-        side = x.shape[-1] + 32  # a multiple of 32 more keeps every stride of the usual backbones whole
-        probe = torch.zeros(1, 3, side, side, device=x.device, dtype=x.dtype)
-        try:
-            with torch.no_grad():
-                other = FeatureExtractor(module, [name], view="raw")(probe)[name].shape
-        except Exception:  # a model that takes one input size only: keep the convention
-            return Layout.CHANNELS_FIRST
-        if len(other) == 4 and other[1] != shape[1] and other[3] == shape[3]:
-            return Layout.CHANNELS_LAST
-        return Layout.CHANNELS_FIRST

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from vital.errors import VitalError
-from vital.features import FeatureExtractor
-from vital.layout import LayoutProbe
+from vital.features import FeatureExtractor, LayoutProbe
+from vital.layout import Layout
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
 from vital.relevance import readout
-from vital.targets import Channel, Class, Direction, Target
+from vital.relevance.readout import Readout
+from vital.targets import Class, Target
 
 REDUCTIONS = ("mean", "sum", "max")
 
@@ -75,8 +76,9 @@ def direction(act: torch.Tensor, vectors: torch.Tensor, reduce: str = "mean") ->
 
 
 class Activation(Term):
-    """Per image: the negative class logit (or the cross-entropy of the class), the negative mean activation of a
-    channel, or the negative mean projection on a direction. Several augmented views of an image are averaged."""
+    """Per image: the negative class logit (or the cross-entropy of the class), or the negative mean over
+    positions (all, or the chosen one) of a unit's readout: a channel or a direction (`Readout.from_targets`).
+    Several augmented views of an image are averaged."""
 
     name = "activation"
 
@@ -84,28 +86,22 @@ class Activation(Term):
         self.model, self.targets, self.cross_entropy = model, list(targets), cross_entropy
         dev = model.device
         self._rows: dict[tuple[int, torch.device], dict[str, torch.Tensor]] = {}
-        if all(isinstance(t, Class) for t in self.targets):
+        self.layouts: dict[str, Layout] = {}  # each layer's, read (and its units checked) at the first step
+        classes = [t.index for t in self.targets if isinstance(t, Class)]
+        if len(classes) == len(self.targets):
             self.kind = "class"
-            self.index = torch.tensor([t.index for t in self.targets], device=dev)  # type: ignore[union-attr]
-        elif all(isinstance(t, Channel) for t in self.targets):
-            self.kind = "channel"
-            self.layers = sorted({t.layer for t in self.targets})  # type: ignore[union-attr]
-            self.index = torch.tensor([t.channel for t in self.targets], device=dev)  # type: ignore[union-attr]
-            self.positions = None
-            if any(t.position is not None for t in self.targets):  # type: ignore[union-attr]
-                self.positions = torch.tensor([t.position or (-1, -1) for t in self.targets],  # type: ignore[union-attr]
-                                              device=dev)
-            self.extractor = FeatureExtractor(model.module, self.layers, view="raw" if self.positions is not None
-                                              else "positions")
-        elif all(isinstance(t, Direction) for t in self.targets) and len({getattr(t, "layer", None) for t in self.targets}) == 1:
-            self.kind = "direction"
-            self.layers = [self.targets[0].layer]  # type: ignore[union-attr]
-            self.extractor = FeatureExtractor(model.module, self.layers)
-            self.vectors = torch.tensor([t.vector for t in self.targets], device=dev, dtype=model.dtype)  # type: ignore[union-attr]
-            self.index = torch.arange(len(self.targets), device=dev)  # row of `vectors` for each view
+            self.index = torch.tensor(classes, device=dev)
         else:
-            raise VitalError("a batch must hold only Class, only Channel, or only Direction targets of one layer; "
-                             "run them separately")
+            layers = [getattr(t, "layer", None) for t in self.targets]
+            units = Readout.from_targets(self.targets, dev, model.dtype) if None not in layers else None
+            if units is None or (units.vectors is not None and len(set(layers)) != 1):
+                raise VitalError("a batch must hold only Class, only Channel, or only Direction targets of one "
+                                 "layer; run them separately")
+            self.units = units
+            self.kind = "direction" if units.vectors is not None else "channel"
+            self.layers = sorted({str(n) for n in layers})
+            self.extractor = FeatureExtractor(model.module, self.layers, view="raw")
+            self.index = torch.arange(len(self.targets), device=dev)  # the unit of each view: its target's row
         if cross_entropy and self.kind != "class":
             raise VitalError("the cross-entropy objective needs class targets")
 
@@ -116,27 +112,19 @@ class Activation(Term):
                 return F.cross_entropy(logits, index, reduction="none")
             return class_logit(logits, index)
         feats = self.extractor(x)
-        if self.kind == "direction":
-            act = feats[self.layers[0]]
-            if act.shape[1] != self.vectors.shape[1]:
-                raise VitalError(f"direction has {self.vectors.shape[1]} components but layer '{self.layers[0]}' has "
-                                 f"{act.shape[1]} channels")
-            return direction(act, self.vectors[index])
         losses = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
         views = x.shape[0] // len(self.targets)
         for layer, rows in self.rows(views, x.device).items():
-            if self.positions is None:
-                losses = losses.index_put((rows,), channel_activation(feats[layer][rows], index[rows]))
-                continue
             raw = feats[layer][rows]
-            shape = tuple(raw.shape)
-            layout = LayoutProbe.layout(self.model.module, layer, shape, x)
-            units = readout.Readout(channels=index[rows], positions=self.positions.repeat_interleave(views, 0)[rows])
-            readout.check(units, shape, layout, layer)
-            v = readout.values(raw, units, layout)
-            mask = readout.position_mask(units, shape, layout, v.shape[1], raw.device)
-            assert mask is not None
-            losses = losses.index_put((rows,), -(v * mask).sum(1) / mask.sum(1))
+            units = self.units.expand(index[rows])
+            layout = self.layouts.get(layer)
+            if layout is None:
+                layout = self.layouts[layer] = LayoutProbe.layout(self.model.module, layer, tuple(raw.shape), x)
+                readout.check(units, tuple(raw.shape), layout, layer)
+            v = readout.values(raw, units, layout)  # (rows, P)
+            mask = readout.position_mask(units, tuple(raw.shape), layout, v.shape[1], raw.device)
+            loss = -v.mean(1) if mask is None else -(v * mask).sum(1) / mask.sum(1)
+            losses = losses.index_put((rows,), loss)
         return losses
 
     def rows(self, views: int, device: torch.device) -> dict[str, torch.Tensor]:

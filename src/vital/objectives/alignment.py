@@ -38,11 +38,11 @@ from vital.objectives.sort_matching import (
     sort_matching_losses,
 )
 from vital.references.images import ReferenceSet
-from vital.relevance.lrp import METHODS as RELEVANCE_ENGINES
+from vital.relevance import ATTRIBUTION_METHODS, RelevanceEngine
 from vital.relevance.readout import Readout, as_readout
 
 MASK_EPS = 1e-6
-RELEVANCE_METHODS = (*RELEVANCE_ENGINES, "none")
+RELEVANCE_METHODS = (*ATTRIBUTION_METHODS, "none")
 MASK_RULES = ("reference", "multiply")
 
 
@@ -123,13 +123,13 @@ class Alignment(Term):
                              "direction or a position: leave target_weight at 0")
         self.refs = ReferencePixels(model, references)
         # the target layer's own output is captured too when it is matched (relevance there is unused)
-        captured = self.layers + ([target_layer] if self.target_weight and target_layer not in self.layers else [])
-        self.extractor = FeatureExtractor(model.module, captured)  # type: ignore[arg-type]
+        extra = target_layer if self.target_weight and target_layer not in self.layers else None
+        captured = self.layers + ([extra] if extra is not None else [])
+        self.extractor = FeatureExtractor(model.module, captured)
         self.engine = None
         if relevance != "none":
-            from vital.relevance import RelevanceEngine
-
-            self.engine = RelevanceEngine(model.module, target_layer, captured, relevance)  # type: ignore[arg-type]
+            assert target_layer is not None  # checked above
+            self.engine = RelevanceEngine(model.module, target_layer, captured, relevance)
         self.q: dict[str, torch.Tensor] = {}
         self.q_plain: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}
@@ -153,7 +153,7 @@ class Alignment(Term):
         if not relevance:
             return self.extractor(x), None
         assert self.engine is not None and channels is not None
-        if self.engine.backend != "chain":
+        if not self.engine.joint_forward:
             feats, rel = self.extractor(x), self.engine(x.detach(), channels)
             layouts = self.extractor.layouts
             return feats, {n: to_positions(r, layouts[n]) for n, r in rel.items() if n in self.layers}
@@ -224,7 +224,8 @@ class Alignment(Term):
                     loss = loss + sort_matching_losses(feats[n], [plain])
             loss = loss + sort_matching_losses(phi, targets)
         if self.q_target is not None:
-            f = feats[self.target_layer]  # type: ignore[index]
+            assert self.target_layer is not None  # a target term needs one
+            f = feats[self.target_layer]
             row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)
             loss = loss + self.target_weight * sort_matching_loss(row, per_view(self.q_target))
         return v.per_image(loss)

@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError
-from vital.layout import Layout
+from vital.features import capture
 from vital.relevance import readout
 from vital.relevance.readout import Readout
-
-
-class _Stop(Exception):
-    """Raised once the target layer has run: nothing after it is needed."""
 
 
 def _clamp_positive(grad: torch.Tensor) -> torch.Tensor:
@@ -34,7 +30,7 @@ def _guide(_m: nn.Module, _inp, out: torch.Tensor) -> None:
 def channel_score(a: torch.Tensor, units: Readout) -> torch.Tensor:
     """Sum over the batch of the mean of each sample's readout (its channel, or its direction) over its positions
     (every position, or the chosen one)."""
-    layout = Layout.VECTOR if a.dim() == 2 else Layout.CHANNELS_FIRST
+    layout = readout.cnn_layout(a)
     v = readout.values(a, units, layout)  # (B, P)
     mask = readout.position_mask(units, tuple(a.shape), layout, v.shape[1], a.device)
     if mask is None:
@@ -42,51 +38,41 @@ def channel_score(a: torch.Tensor, units: Readout) -> torch.Tensor:
     return ((v * mask).sum(1) / mask.sum(1)).sum()
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, channels: Readout, target: tuple[str, nn.Module],
-                    layers: dict[str, nn.Module], check_channels) -> dict[str, torch.Tensor]:
-    """{layer: ReLU(d score / d layer output)} for the modules in `layers` (keyed by requested name)."""
-    target_name, target_module = target
-    outputs: dict[str, torch.Tensor] = {}
-    hit: list[torch.Tensor] = []
+class GuidedRelevance:
+    """The guided-backprop backend: one forward of the real model with its ReLUs guided, stopped after the target,
+    and one backward of the channel score. `layers` and `target` map each requested name to the module producing
+    its output (a container's last module, as the rule chain resolves it)."""
 
-    def capture(names: list[str], is_target: bool):
-        def hook(_m: nn.Module, _inp, out):
-            if not torch.is_tensor(out):
-                raise VitalError(f"layer '{names[0]}' returns {type(out).__name__}, not a tensor; pick another layer")
-            for n in names:
-                outputs.setdefault(n, out)  # a module called twice keeps its first use
-            if is_target and not hit:
-                hit.append(out)
-                raise _Stop
-            return out.clone()  # later in-place operations (ReLU(inplace=True)) must not overwrite the captured value
+    name = "guided"
+    joint_forward = False
 
-        return hook
+    def __init__(self, model: nn.Module, target: tuple[str, nn.Module], layers: dict[str, nn.Module]):
+        self.model, self.target, self.layers = model, target, layers
 
-    by_module: dict[int, tuple[nn.Module, list[str]]] = {}
-    for n, m in layers.items():
-        by_module.setdefault(id(m), (m, []))[1].append(n)
-    handles = [m.register_forward_hook(_guide) for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
-    try:
-        for m, names in by_module.values():
-            if m is not target_module:
-                handles.append(m.register_forward_hook(capture(names, False)))
-        handles.append(target_module.register_forward_hook(capture(by_module.get(id(target_module), (0, []))[1], True)))
-        with torch.enable_grad():
-            try:
-                model(x.detach().requires_grad_(True))
-            except _Stop:
-                pass
-            if not hit:
-                raise VitalError(f"target layer '{target_name}' did not run in the forward pass; pick a layer the "
-                                 "model uses")
-            missing = [n for n in layers if n not in outputs]
-            if missing:
-                raise VitalError(f"layers {missing} do not run before the target layer '{target_name}'; relevance "
-                                 "reaches only layers upstream of the target")
-            check_channels(hit[0], channels)
-            names = list(layers)
-            grads = torch.autograd.grad(channel_score(hit[0], channels), [outputs[n] for n in names])
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: g.detach().clamp(min=0) for n, g in zip(names, grads, strict=True)}
+    def __call__(self, x: torch.Tensor, units: Readout) -> dict[str, torch.Tensor]:
+        """{layer: ReLU(d score / d layer output)} for the modules in `layers` (keyed by requested name)."""
+        target_name, target_module = self.target
+        handles = [m.register_forward_hook(_guide) for m in self.model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+        try:
+            with torch.enable_grad():
+                outputs = capture(self.model, x.detach().requires_grad_(True), self.layers,
+                                  until=self.target, copy=True)
+                if target_name not in outputs:
+                    raise VitalError(f"target layer '{target_name}' did not run in the forward pass; pick a layer "
+                                     "the model uses")
+                missing = [n for n in self.layers if n not in outputs]
+                if missing:
+                    raise VitalError(f"layers {missing} do not run before the target layer '{target_name}'; "
+                                     "relevance reaches only layers upstream of the target")
+                a = outputs[target_name]
+                readout.check_target(units, a, readout.cnn_layout(a), target_name)
+                names = list(self.layers)
+                grads = torch.autograd.grad(channel_score(a, units), [outputs[n] for n in names])
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: g.detach().clamp(min=0) for n, g in zip(names, grads, strict=True)}
+
+    def features_and_relevance(self, x: torch.Tensor, units: Readout
+                               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        raise VitalError("guided backprop needs a backward of its own: call the backend for the relevance")

@@ -33,10 +33,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from vital.errors import VitalError
-from vital.layout import Layout, LayoutProbe
+from vital.features import LayoutProbe, capture, has_inplace, resolve_modules
+from vital.layout import Layout
 from vital.relevance import readout
 from vital.relevance.readout import Readout
-from vital.relevance.rules import EPS
+from vital.relevance.zplus import EPS, ConvGeometry, crop
 
 
 def _held(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -107,11 +108,11 @@ def _batch_norm(x, running_mean, running_var, weight=None, bias=None, training=F
 
 
 class _ZPlusConv(torch.autograd.Function):
-    """Conv2d whose backward carries G by the z+ rule on the signed input (alpha=1, beta=0)."""
+    """Conv2d whose backward carries G by the z+ rule on the signed input (`vital.relevance.zplus`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.conv = (stride, padding, dilation, groups)
+        ctx.geometry = ConvGeometry.of(weight, stride, padding, dilation, groups)
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, weight, bias, y)
         return y
@@ -119,15 +120,14 @@ class _ZPlusConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w, b, y = ctx.saved_tensors
-        args = ctx.conv
-        with torch.enable_grad():
-            ap = x.detach().clamp(min=0).requires_grad_(True)
-            an = x.detach().clamp(max=0).requires_grad_(True)
-            z = F.conv2d(ap, w.clamp(min=0), None if b is None else b.clamp(min=0), *args)
-            z = z + F.conv2d(an, w.clamp(max=0), None, *args)
-            s = (y * g) / (z.detach() + EPS)
-            gp, gn = torch.autograd.grad(z, (ap, an), s)
-        return torch.where(x > 0, gp, gn), None, None, None, None, None, None
+        geo: ConvGeometry = ctx.geometry
+        a = F.pad(x, geo.pre_pad) if geo.pre_pad else x
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        z = geo.z(a, wp, wn, None if b is None else b.clamp(min=0))
+        gp, gn = geo.back((y * g) / (z + EPS), wp, wn, a.shape[-2:], matmul_1x1=False)
+        assert gn is not None
+        grad = torch.where(a > 0, gp, gn)
+        return crop(grad, geo.pre_pad) if geo.pre_pad else grad, None, None, None, None, None, None
 
 
 def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -236,76 +236,46 @@ class RuleMode(TorchFunctionMode):
         return (rule or func)(*args, **(kwargs or {}))
 
 
-class _Stop(Exception):
-    """Raised once the target layer has run."""
+def _leaf(out: torch.Tensor) -> torch.Tensor:
+    """A captured output that the forward does not track yet: relevance flows back to here and no further."""
+    return out if out.requires_grad else out.detach().requires_grad_(True)
 
 
 class ModifiedGradientRelevance:
-    """Relevance of one target channel per sample at `layers`, by the rules of the module docstring. A call is one
-    forward of the real model under `RuleMode` that stops after the target layer, and one backward from the
-    target to the shallowest requested layer. `signed=True` keeps negative relevance (for conservation checks);
-    by default the result is its positive part, the evidence for the channel."""
+    """The modified-gradient backend: relevance of one target unit per sample at `layers`, by the rules of the
+    module docstring. A call is one forward of the real model under `RuleMode` that stops after the target layer,
+    and one backward from the target to the shallowest requested layer. `signed=True` keeps negative relevance
+    (for conservation checks); by default the result is its positive part, the evidence for the unit."""
+
+    name = "modified-gradient"
+    joint_forward = False
 
     def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str, signed: bool = False):
-        from vital.features import has_inplace, resolve_modules
-
         self.model, self.target_layer, self.layers, self.method = model, target_layer, list(layers), method
         self.modules = resolve_modules(model, [target_layer, *self.layers])
         self.signed = signed
         self.copy = has_inplace(model)
-        self.layouts: dict[str, Layout] = {}
 
-    def __call__(self, x: torch.Tensor, channels: Readout | torch.Tensor | int,
-                 check: Callable[[torch.Tensor, Readout, Layout], None]) -> dict[str, torch.Tensor]:
-        units = readout.as_readout(channels, x.shape[0], x.device)
-        captured: dict[str, torch.Tensor] = {}
-        hit: list[torch.Tensor] = []
-        wanted = set(self.layers)
-
-        def hook_for(names: list[str], is_target: bool):
-            def hook(_m: nn.Module, _inp, out):
-                if not torch.is_tensor(out):
-                    raise VitalError(f"layer '{names[0]}' returns {type(out).__name__}, not a tensor; pick another "
-                                     "layer")
-                if any(n in captured for n in names) or (is_target and hit):
-                    return None  # a module called twice: its first use counts
-                if not out.requires_grad and any(n in wanted for n in names):
-                    out = out.detach().requires_grad_(True)  # relevance flows back to here and no further
-                for n in names:
-                    if n in wanted:
-                        captured[n] = out
-                if is_target:
-                    hit.append(out)
-                    raise _Stop
-                return out.clone() if self.copy else out
-
-            return hook
-
-        by_module: dict[int, tuple[nn.Module, list[str]]] = {}
-        for n in dict.fromkeys([*self.layers, self.target_layer]):
-            m = self.modules[n]
-            by_module.setdefault(id(m), (m, []))[1].append(n)
-        target_module = self.modules[self.target_layer]
-        handles = [m.register_forward_hook(hook_for(names, m is target_module)) for m, names in by_module.values()]
-        try:
-            with torch.enable_grad(), RuleMode():
-                try:
-                    self.model(x.detach())
-                except _Stop:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
-        if not hit:
+    def __call__(self, x: torch.Tensor, units: Readout | torch.Tensor | int,
+                 check: Callable[[Readout, torch.Tensor, Layout, str], None] = readout.check_target
+                 ) -> dict[str, torch.Tensor]:
+        """{layer: relevance} for x and one unit per sample (a `Readout`, or channels); `check` validates the units
+        against the target's output (its default raises on a channel, direction or position the layer lacks)."""
+        units = readout.as_readout(units, x.shape[0], x.device)
+        with torch.enable_grad(), RuleMode():
+            captured = capture(self.model, x.detach(), {n: self.modules[n] for n in self.layers},
+                               until=(self.target_layer, self.modules[self.target_layer]), copy=self.copy,
+                               prepare=_leaf)
+        if self.target_layer not in captured:
             raise VitalError(f"target layer '{self.target_layer}' did not run in the forward pass; pick a layer the "
                              "model uses")
         late = [n for n in self.layers if n not in captured]
         if late:
             raise VitalError(f"layer '{late[0]}' comes after the target layer '{self.target_layer}'; relevance "
                              f"reaches only layers upstream of the target: drop '{late[0]}' or pick a deeper target")
-        a = hit[0]
+        a = captured[self.target_layer]
         layout = LayoutProbe.layout(self.model, self.target_layer, tuple(a.shape), x)
-        check(a, units, layout)
+        check(units, a, layout, self.target_layer)
         start = self._start(a.detach(), units, layout)
         names = [n for n in self.layers if n != self.target_layer]
         grads = torch.autograd.grad(a, [captured[n] for n in names], start, allow_unused=True) if names else []
@@ -317,6 +287,11 @@ class ModifiedGradientRelevance:
             r = start * a.detach()
             out[self.target_layer] = r if self.signed else r.clamp(min=0)
         return {n: out[n] for n in self.layers}
+
+    def features_and_relevance(self, x: torch.Tensor, units: Readout
+                               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        raise VitalError("the modified-gradient rules run a forward of their own: call the backend for the "
+                         "relevance and capture the features separately")
 
     def _start(self, a: torch.Tensor, units: Readout, layout: Layout) -> torch.Tensor:
         """G at the target: R / A, with R the unit's start relevance (`vital.relevance.readout`)."""

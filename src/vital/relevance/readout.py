@@ -13,12 +13,14 @@ the layer's layout:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from vital.errors import VitalError
 from vital.layout import Layout, channel_count, to_positions, token_grid
+from vital.targets import Channel, Direction, Target
 
 
 @dataclass
@@ -43,6 +45,26 @@ class Readout:
     @property
     def batch_device(self) -> torch.device:
         return self._ref.device
+
+    @classmethod
+    def from_targets(cls, targets: Sequence[Target], device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Readout:
+        """One unit per target: Channel targets give channels (with positions where any target has one; -1 for
+        "every position"), Direction targets give vectors in `dtype`. The units are checked against a layer by
+        `check`, once its output is known."""
+        if targets and all(isinstance(t, Channel) for t in targets):
+            channels = [t.channel for t in targets if isinstance(t, Channel)]
+            positions = [t.position for t in targets if isinstance(t, Channel)]
+            at = None
+            if any(p is not None for p in positions):
+                at = torch.tensor([p or (-1, -1) for p in positions], device=device)
+            return cls(channels=torch.tensor(channels, device=device), positions=at)
+        if targets and all(isinstance(t, Direction) for t in targets):
+            vectors = [t.vector for t in targets if isinstance(t, Direction)]
+            if len({len(v) for v in vectors}) != 1:
+                raise VitalError(f"directions of one batch must have one length, got {sorted({len(v) for v in vectors})}")
+            return cls(vectors=torch.tensor(vectors, device=device, dtype=dtype))
+        raise VitalError("a batch of units holds only Channel or only Direction targets; run them separately")
 
     def expand(self, rows: torch.Tensor) -> Readout:
         """The readout of the given sample rows (views of the same target repeat its row)."""
@@ -69,6 +91,20 @@ def as_readout(units: Readout | torch.Tensor | int, batch: int, device: torch.de
         return None if t is None else t.to(device)
 
     return Readout(move(r.channels), move(r.vectors), move(r.positions))
+
+
+def cnn_layout(a: torch.Tensor) -> Layout:
+    """The layout of a CNN output, as the rule chain and guided backprop read it: a vector after the pooling, else a
+    channels-first map."""
+    return Layout.VECTOR if a.dim() == 2 else Layout.CHANNELS_FIRST
+
+
+def check_target(readout: Readout, a: torch.Tensor, layout: Layout, layer: str) -> None:
+    """The units against the target layer's output `a`: a map, a token sequence or a vector (see `check`)."""
+    if a.dim() not in (2, 3, 4):
+        raise VitalError(f"target layer '{layer}' has output shape {tuple(a.shape)}; relevance needs a map, a token "
+                         "sequence or a vector")
+    check(readout, tuple(a.shape), layout, layer)
 
 
 def grid_shape(shape: tuple[int, ...], layout: Layout) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vital.relevance.rules import EPS, Conv, Pass, Step
+from vital.relevance.chain.rules import EPS, Conv, Pass, Step
 
 
 def run_forward(steps: Sequence[Step], x: torch.Tensor, keep: bool) -> tuple[torch.Tensor, list]:

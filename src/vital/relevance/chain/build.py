@@ -1,8 +1,9 @@
 """The execution chain of a model: its operations in forward order, each with its LRP rule.
 
-Which rule a single-operation module gets is looked up in a type-to-rule table (`LEAF_RULES`, extendable: pass
-`leaf_rules` to `build_chain`, as zennit's layer-map composites take one); modules whose forward is more than one
-operation (model roots, residual and dense blocks) are listed by the builders of `vital.relevance.families`. Plain
+Which rule a single-operation module gets is looked up in type-to-rule tables (`BASIC_LEAF_RULES` here, the
+families' own in `vital.relevance.chain.families`; extendable: pass `leaf_rules` to `build_chain`, as zennit's
+layer-map composites take one); modules whose forward is more than one operation (model roots, residual and dense
+blocks) are listed by block builders, which `build_chain` is given (the families', for the default chain). Plain
 `nn.Sequential` containers (including subclasses that keep Sequential's forward, such as torchvision's
 Conv2dNormActivation and _Transition) are descended into. Every step carries the dotted names whose output it
 produces: a leaf's own name and the names of the containers it ends (`layer4` ends with `layer4.2`). The chain is
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vital.errors import VitalError
-from vital.relevance.rules import AdaptivePool, Conv, Flatten, Linear, Pad, Pass, Pool, Step
+from vital.relevance.chain.rules import AdaptivePool, Conv, Flatten, Linear, Pad, Pass, Pool, Step
 
 SUPPORTED = ("torchvision ResNet, DenseNet, VGG and MobileNetV2, EfficientNet-Lite, and nn.Sequential stacks of "
              "Conv2d, Linear, BatchNorm, ReLU/ReLU6/SiLU, Dropout, padding and pooling")
@@ -31,14 +32,18 @@ class Unsupported(Step):
     def __init__(self, name: str, module: nn.Module):
         self.name, self.type_name = name, type(module).__name__
 
-    def error(self) -> VitalError:
+    @property
+    def reason(self) -> str:
         where = f"layer '{self.name}'" if self.name else "the model itself"
-        return VitalError(f"LRP has no rule for module type '{self.type_name}' ({where}); supported: "
-                          f"{SUPPORTED}. Use relevance='guided-backprop' (or 'none') for this model.")
+        return f"LRP has no rule for module type '{self.type_name}' ({where})"
+
+    def error(self) -> VitalError:
+        return VitalError(f"{self.reason}; supported: {SUPPORTED}. Use relevance='guided-backprop' (or 'none') for "
+                          "this model.")
 
 
 LeafRule = Callable[[str, Any], Step]  # modules are duck-typed: a rule reads the attributes it needs
-Builder = Callable[["Chain", str, nn.Module], None]
+BlockBuilder = Callable[["Chain", str, nn.Module], None]  # appends the steps of one module type
 
 
 @dataclass
@@ -46,7 +51,7 @@ class Chain:
     """The steps of a model (or block) in forward order, and the tables they were built with."""
 
     leaf_rules: Sequence[tuple[type, LeafRule]]
-    builders: dict[type, Builder]
+    builders: dict[type, BlockBuilder]
     steps: list[Step] = field(default_factory=list)
     names: list[list[str]] = field(default_factory=list)  # names whose output is the output of steps[i]
     blocks: dict[str, Step] = field(default_factory=dict)  # steps whose inner modules are not on the chain
@@ -97,7 +102,7 @@ def _flatten(name: str, m: Any) -> Step:
 
 
 # type -> rule of a module that is one operation, matched in order by `keeps_forward` (dropout: any subclass)
-LEAF_RULES: list[tuple[type, LeafRule]] = [
+BASIC_LEAF_RULES: list[tuple[type, LeafRule]] = [
     (nn.Conv2d, _conv),
     (nn.Linear, Linear),
     (nn.modules.batchnorm._BatchNorm, lambda n, m: Pass(n, m, False)),
@@ -159,13 +164,10 @@ def add_block(chain: Chain, name: str, step: Step) -> None:
     chain.blocks[name] = step
 
 
-def build_chain(model: nn.Module, leaf_rules: Sequence[tuple[type, LeafRule]] | None = None,
-                builders: dict[type, Builder] | None = None) -> Chain:
-    """The chain of `model`. `leaf_rules` are tried before the default table (type -> rule); `builders` add or
-    replace per-type builders of multi-operation modules."""
-    from vital.relevance.families import BUILDERS
-    from vital.relevance.families import LEAF_RULES as FAMILY_LEAVES
-
-    chain = Chain([*(leaf_rules or []), *FAMILY_LEAVES, *LEAF_RULES], {**BUILDERS, **(builders or {})})
+def build_chain(model: nn.Module, leaf_rules: Sequence[tuple[type, LeafRule]],
+                builders: dict[type, BlockBuilder]) -> Chain:
+    """The chain of `model`: `leaf_rules` (type -> rule) are tried before `BASIC_LEAF_RULES`, `builders` list the
+    steps of multi-operation modules by type."""
+    chain = Chain([*leaf_rules, *BASIC_LEAF_RULES], dict(builders))
     expand(chain, "", model)
     return chain

@@ -1,6 +1,7 @@
 """Architecture specifics of the LRP chain: how the forward of each supported family (and of its blocks) is listed
-as steps. Everything here is a table entry (`BUILDERS`: type -> builder, `LEAF_RULES`: type -> rule), so a new
-family is a new entry, not a new branch in the chain builder.
+as steps. Everything here is a table entry (`FAMILY_BUILDERS`: type -> block builder, `FAMILY_LEAF_RULES`: type ->
+rule), so a new family is a new entry, not a new branch in the chain builder; `default_chain` builds a model's chain
+with them.
 
 torchvision: ResNet (BasicBlock, Bottleneck: relevance splitting at the residual sum), VGG, DenseNet (dense blocks),
 MobileNetV2 (inverted residuals). efficientnet_lite_pytorch: EfficientNet(-Lite) and its MBConv blocks (an SE gate,
@@ -9,7 +10,7 @@ where present, is a constant factor for relevance).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,9 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import densenet, mobilenetv2, resnet, vgg
 
-from vital.relevance.blocks import DenseBlock, Residual, Serial
-from vital.relevance.chains import Builder, Chain, LeafRule, add_block, expand, join, steps_of
-from vital.relevance.rules import AdaptivePool, Conv, Flatten, Pass, Step
+from vital.relevance.chain.blocks import DenseBlock, Residual, Serial
+from vital.relevance.chain.build import (
+    BlockBuilder,
+    Chain,
+    LeafRule,
+    add_block,
+    build_chain,
+    expand,
+    join,
+    steps_of,
+)
+from vital.relevance.chain.rules import AdaptivePool, Conv, Flatten, Pass, Step
 
 
 def _resnet_block(chain: Chain, name: str, m: Any) -> None:
@@ -74,7 +84,7 @@ def _inverted_residual(chain: Chain, name: str, m: Any) -> None:
         expand(chain, join(name, "conv"), m.conv)
 
 
-BUILDERS: dict[type, Builder] = {
+FAMILY_BUILDERS: dict[type, BlockBuilder] = {
     resnet.ResNet: _resnet,
     resnet.BasicBlock: _resnet_block,
     resnet.Bottleneck: _resnet_block,
@@ -139,13 +149,21 @@ def _efficientnet(chain: Chain, name: str, m: Any) -> None:
     expand(chain, join(name, "_fc"), m._fc)
 
 
-LEAF_RULES: list[tuple[type, LeafRule]] = []  # family modules that are one operation, tried before the default table
+# family modules that are one operation, tried before the basic table
+FAMILY_LEAF_RULES: list[tuple[type, LeafRule]] = []
 if _lite_model is not None and _lite_utils is not None:
-    BUILDERS[_lite_model.EfficientNet] = _efficientnet
-    BUILDERS[_lite_model.MBConvBlock] = _mbconv
-    LEAF_RULES += [(_lite_utils.Conv2dStaticSamePadding, _lite_conv),
+    FAMILY_BUILDERS[_lite_model.EfficientNet] = _efficientnet
+    FAMILY_BUILDERS[_lite_model.MBConvBlock] = _mbconv
+    FAMILY_LEAF_RULES += [(_lite_utils.Conv2dStaticSamePadding, _lite_conv),
                    (_lite_utils.Swish, lambda n, m: Pass(n, m, False)),
                    (_lite_utils.MemoryEfficientSwish, lambda n, m: Pass(n, m, False)),
                    (_lite_utils.Identity, lambda n, m: Pass(n, m, None))]
 
 
+
+
+def default_chain(model: nn.Module, leaf_rules: Sequence[tuple[type, LeafRule]] = (),
+                  builders: dict[type, BlockBuilder] | None = None) -> Chain:
+    """The chain of `model` with the families' tables; `leaf_rules` are tried first, `builders` add or replace
+    block builders."""
+    return build_chain(model, [*leaf_rules, *FAMILY_LEAF_RULES], {**FAMILY_BUILDERS, **(builders or {})})

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-5  # default stabiliser of every z / z+ denominator (SPEC §8); rho's epsilon too
+from vital.relevance.zplus import EPS, ConvGeometry, crop
 
 
 class Step:
@@ -87,13 +87,6 @@ class Pad(Step):
         return crop(r, self.pad)
 
 
-def crop(r: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
-    """Undo F.pad(x, (left, right, top, bottom)) on the last two dimensions."""
-    left, right, top, bottom = pad
-    h, w = r.shape[-2:]
-    return r[..., top:h - bottom, left:w - right]
-
-
 def _version(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.data_ptr(), t._version, t.dtype)
 
@@ -148,24 +141,21 @@ class _PosNeg:
 
 
 class Conv(Step):
-    """Conv2d by the z+ rule: z = conv(a; W+, b+) + eps, R_in = a * conv_transpose(R / z; W+). Groups, strides,
-    dilation and 'same' padding (explicit, or a static padding module applied before the conv) are supported.
-    With `fallback` (set by `configure`), the relevance of outputs that have no positive contribution at all goes
-    back by the w^2 rule instead of being dropped, so that a conv conserves relevance."""
+    """Conv2d by the z+ rule of `vital.relevance.zplus`. Groups, strides, dilation and 'same' padding (explicit,
+    or a static padding module applied before the conv) are supported. With `fallback` (set by `configure`), the
+    relevance of outputs that have no positive contribution at all goes back by the w^2 rule instead of being
+    dropped, so that a conv conserves relevance."""
 
     fallback = False
 
     def __init__(self, name: str | None, conv: nn.Conv2d, pre_pad: Sequence[int] | None = None):
         self.name, self.conv = name, conv
-        self.padding = conv.padding
-        if isinstance(self.padding, str):  # 'valid' or 'same': made explicit so that the adjoint can be written
-            pre_pad = conv._reversed_padding_repeated_twice if self.padding == "same" else None
-            self.padding = (0, 0)
-        self.pre_pad = tuple(int(p) for p in pre_pad) if pre_pad and any(pre_pad) else None
-        self.padding = tuple(self.padding)
-        stride = tuple(conv.stride)  # EfficientNet-Lite's convs may store a one-element list
-        self.stride = stride * 2 if len(stride) == 1 else stride
-        self.dilation, self.groups = tuple(conv.dilation), conv.groups
+        padding: str | tuple[int, ...] = conv.padding
+        if isinstance(padding, str):  # 'valid' or 'same': made explicit so that the adjoint can be written
+            pre_pad = conv._reversed_padding_repeated_twice if padding == "same" else None
+            padding = (0, 0)
+        self.geometry = ConvGeometry.of(conv.weight, conv.stride, padding, conv.dilation, conv.groups, pre_pad)
+        self.pre_pad = self.geometry.pre_pad
         self.signed = True
         self.params = _PosNeg(conv, keep_bias=True)
 
@@ -177,40 +167,21 @@ class Conv(Step):
     def forward(self, x, keep):
         if self.pre_pad:
             x = F.pad(x, self.pre_pad)
-        y = F.conv2d(x, self.conv.weight, self.conv.bias, self.stride, self.padding, self.dilation, self.groups)
+        y = self.geometry.conv(x, self.conv.weight, self.conv.bias)
         return y, (x if keep else None)
-
-    def _conv(self, a, w, b):
-        return F.conv2d(a, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def _adjoint(self, s: torch.Tensor, w: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        k = w.shape[-2:]
-        if (tuple(k) == (1, 1) and self.stride == (1, 1) and self.groups == 1 and self.padding == (0, 0)
-                and tuple(size) == tuple(s.shape[-2:])):
-            # a 1x1 transposed convolution is a matrix product; torch's conv_transpose2d takes a slow path for it
-            return torch.einsum("bohw,oi->bihw", s, w[:, :, 0, 0])
-        extra = [size[i] - ((s.shape[2 + i] - 1) * self.stride[i] - 2 * int(self.padding[i])
-                            + self.dilation[i] * (k[i] - 1) + 1) for i in range(2)]
-        return F.conv_transpose2d(s, w, None, self.stride, self.padding, extra, self.groups,  # type: ignore[arg-type]
-                                  self.dilation)  # (padding is a tuple of ints here: strings made explicit above)
 
     def relevance(self, r, a):
         wp, wn, bp = self.params.get(self.signed)
-        size = a.shape[-2:]
+        geo = self.geometry
         r_flat = None
-        if self.signed:
-            assert wn is not None
-            ap, an = a.clamp(min=0), a.clamp(max=0)
-            z = self._conv(ap, wp, bp) + self._conv(an, wn, None)
-        else:
-            z = self._conv(a, wp, bp)
+        z = geo.z(a, wp, wn if self.signed else None, bp)
         if self.fallback:
             r, r_flat = self._split_dead(r, z)
-        s = r / (z + self.eps)
-        if self.signed:
-            rin = ap * self._adjoint(s, wp, size) + an * self._adjoint(s, wn, size)
+        gp, gn = geo.back(r / (z + self.eps), wp, wn if self.signed else None, a.shape[-2:])
+        if gn is not None:
+            rin = a.clamp(min=0) * gp + a.clamp(max=0) * gn
         else:
-            rin = a * self._adjoint(s, wp, size)
+            rin = a * gp
         if r_flat is not None:
             rin = rin + self._w_square(r_flat, a)
         return crop(rin, self.pre_pad) if self.pre_pad else rin
@@ -229,8 +200,8 @@ class Conv(Step):
         inside = torch.ones_like(a)
         if self.pre_pad:
             inside = F.pad(crop(inside, self.pre_pad), self.pre_pad)
-        denom = self._conv(inside, w2, None)
-        return inside * self._adjoint(r / denom.clamp(min=torch.finfo(r.dtype).tiny), w2, a.shape[-2:])
+        denom = self.geometry.conv(inside, w2, None)
+        return inside * self.geometry.adjoint(r / denom.clamp(min=torch.finfo(r.dtype).tiny), w2, a.shape[-2:])
 
     def propagate_sign(self, nonneg_in):
         self.signed = not nonneg_in
