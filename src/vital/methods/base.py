@@ -83,7 +83,7 @@ class Recipe:
         self.objective.__exit__(*exc)
 
 
-Builder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions, Any], Recipe]
+RecipeBuilder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions, Any], Recipe]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Method:
     target must run alone to get the image it would get alone."""
 
     name: str
-    build: Builder
+    build: RecipeBuilder
     options: type
     couples_batch: bool = False
 
@@ -105,8 +105,9 @@ class NoOptions:
     """A method without options of its own."""
 
 
-def register(name: str, options: type = NoOptions, couples_batch: bool = False) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
+def register(name: str, options: type = NoOptions, couples_batch: bool = False
+             ) -> Callable[[RecipeBuilder], RecipeBuilder]:
+    def deco(fn: RecipeBuilder) -> RecipeBuilder:
         METHODS[name] = Method(name, fn, options, couples_batch)
         return fn
 
@@ -146,7 +147,7 @@ def build_recipe(method: str, model: VisionModel, targets: Sequence[Target],
 
 # ---- shared by the recipes ---------------------------------------------------------------------------------------
 
-LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # SPEC section 8
+LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # the paper's settings (arXiv 2503.22399)
 PRIOR_NAMES = ("tv_l2", "tv_l1", "l2")
 
 

@@ -31,6 +31,7 @@ from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
+from vital.relevance import readout
 from vital.relevance.readout import Readout
 from vital.targets import Channel, Class, Direction, Target
 
@@ -73,9 +74,9 @@ class VitalOptions:
 NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
                    "param": "fourier"}
 FAITHFUL = {"relevance": "lrp", "mask": "multiply", "target_weight": 0.0, "unweighted": 0.0, "param": "pixel"}
-NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # SPEC section 8, inner defaults
+NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the paper's inner defaults
 FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
-STEM_WEIGHT = 0.1  # SPEC: the stem is down-weighted for neurons (w0 = 0.1)
+STEM_WEIGHT = 0.1  # the paper down-weights the stem for neurons (w0 = 0.1)
 
 
 def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:
@@ -100,10 +101,11 @@ def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], l
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
           run: RunOptions, opts: VitalOptions) -> Recipe:
     if all(isinstance(t, Channel) for t in targets) or all(isinstance(t, Direction) for t in targets):
-        return _build_channels(model, targets, references, run, opts)  # type: ignore[arg-type]
+        return _build_channels(model, targets, references, run, opts)
     if not all(isinstance(t, Class) for t in targets):
         raise VitalError("a VITAL batch holds classes, channels or directions, not a mix; run them separately")
-    if any(r is None for r in references):
+    refs = [r for r in references if r is not None]
+    if len(refs) != len(references):
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
     neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "param")}
@@ -114,48 +116,37 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     layers, weights, priors = resolve_layers(model, opts)
     settings, clip, prior_term = loop_settings(run, priors)
     check_input_size(model, settings)
-    objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], references)  # type: ignore[arg-type]
+    objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], refs)
     return Recipe(pixel_param(model, len(targets), run, clip), prior_term + objective, settings)
 
 
-def _units(targets: Sequence[Channel | Direction], rows: list[LayerRow], device: torch.device
-           ) -> tuple[str, Readout]:
-    """The target layer and one unit per target: channels (at a position, if given) or directions."""
-    layers_of = {t.layer for t in targets}
+def _target_layer(targets: Sequence[Target]) -> str:
+    """The one layer that a neuron batch targets."""
+    layers_of = {t.layer for t in targets if isinstance(t, (Channel, Direction))}
     if len(layers_of) != 1:
         raise VitalError(f"a neuron batch must target one layer, got {sorted(layers_of)}; run each layer separately")
-    target_layer = targets[0].layer
+    return next(iter(layers_of))
+
+
+def _units(targets: Sequence[Target], rows: list[LayerRow], device: torch.device) -> tuple[str, Readout]:
+    """The target layer and one unit per target: channels (at a position, if given) or directions, checked
+    against the layer's output."""
+    target_layer = _target_layer(targets)
     row = next((r for r in rows if r.name == target_layer), None)
     if row is None:
         raise VitalError(f"layer '{target_layer}' has no channels to visualise; pick a layer with a (B, C, ...) output")
-    n_channels = row.channels
-    if isinstance(targets[0], Direction):
-        bad = [len(t.vector) for t in targets if len(t.vector) != n_channels]  # type: ignore[union-attr]
-        if bad:
-            raise VitalError(f"direction has {bad[0]} components but layer '{target_layer}' has {n_channels} channels")
-        vectors = torch.tensor([t.vector for t in targets], dtype=torch.float32, device=device)  # type: ignore[union-attr]
-        return target_layer, Readout(vectors=vectors)
-    bad = [t.channel for t in targets if not 0 <= t.channel < n_channels]  # type: ignore[union-attr]
-    if bad:
-        raise VitalError(f"channel {bad[0]} is out of range: layer '{target_layer}' has {n_channels} channels "
-                         f"(0-{n_channels - 1})")
-    channels = torch.tensor([t.channel for t in targets], device=device)  # type: ignore[union-attr]
-    if all(t.position is None for t in targets):  # type: ignore[union-attr]
-        return target_layer, Readout(channels=channels)
-    positions = torch.tensor([t.position or (-1, -1) for t in targets], device=device)  # type: ignore[union-attr]
-    units = Readout(channels=channels, positions=positions)
-    from vital.relevance import readout
-
+    units = Readout.from_targets(targets, device)
     readout.check(units, row.shape, row.layout, target_layer)
     return target_layer, units
 
 
-def _build_channels(model: VisionModel, targets: Sequence[Channel | Direction],
-                    references: Sequence[ReferenceSet | None], run: RunOptions, opts: VitalOptions) -> Recipe:
-    if any(r is None for r in references):
+def _build_channels(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
+                    run: RunOptions, opts: VitalOptions) -> Recipe:
+    refs = [r for r in references if r is not None]
+    if len(refs) != len(references):
         raise VitalError("VITAL needs reference images for every neuron: mine them (vital mine) and pass the store "
                          "with --refs, or a folder of its top images")
-    resolve_modules(model.module, [targets[0].layer])
+    resolve_modules(model.module, [_target_layer(targets)])
     rows = layer_table(model.module, torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype))
     target_layer, units = _units(targets, rows, model.device)
     chosen: dict[str, Any] = {k: getattr(opts, k) if getattr(opts, k) is not None else v
@@ -174,7 +165,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Channel | Direction],
     settings, clip, prior_term = loop_settings(run, {**priors, **NEURON_PRIORS, **({"lr": FOURIER_LR} if fourier
                                                                                      else {})})
     check_input_size(model, settings)
-    objective = Alignment(model, upstream, [float(v) * opts.feat_dist for v in w], references,  # type: ignore[arg-type]
+    objective = Alignment(model, upstream, [float(v) * opts.feat_dist for v in w], refs,
                           channels=units, target_layer=target_layer,
                           relevance=chosen["relevance"], mask=chosen["mask"], target_weight=chosen["target_weight"],
                           unweighted=chosen["unweighted"], chunk=8)

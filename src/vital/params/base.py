@@ -10,9 +10,8 @@ import torch
 class Parameterization(ABC):
     """Holds the optimised tensors of a batch of B images and renders them in the model's (normalised) input space.
 
-    `image()` is differentiable with respect to `parameters()`. `after_step()` runs after each optimiser step
-    (clipping, re-projection). `image_space_gradients` says whether the loop may read the transparency map from the
-    gradient of `image()` (always true here; kept explicit for parameterizations that render stochastically)."""
+    `image()` is differentiable with respect to `parameters()` (the loop reads the transparency map from its
+    gradient). `after_step()` runs after each optimiser step (clipping, re-projection)."""
 
     def __init__(self, batch: int, size: int, lo: torch.Tensor, hi: torch.Tensor):
         self.batch, self.size = batch, size
