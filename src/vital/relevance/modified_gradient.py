@@ -1,5 +1,5 @@
 """LRP for any architecture as a modified gradient: transformers (ViT, Swin), ConvNeXt, and every CNN whose modules
-the rule chain (`vital.relevance.chains`) does not list.
+the rule chain (`vital.relevance.chain`) does not list.
 
 Relevance R of a tensor t is written R = t * G, where G is what autograd carries backwards. Through a linear
 operation (a linear layer, a sum, a reshape, a residual join, attention weights times values) the ordinary gradient
@@ -16,8 +16,8 @@ beyond the capture of its outputs:
 - GELU, SiLU, Hardswish, ReLU6 (element-wise): the identity rule, R_in = R_out, as the factor f(x)/x held constant;
   sigmoid gates (squeeze-excitation) are held constant;
 - BatchNorm: the identity rule (relevance passes unchanged, as the rule chain does without folding);
-- Conv2d: the z+ rule with the positive and negative parts of its input (alpha=1, beta=0), as the rule chain uses;
-  its G is where(x > 0, W+^T s, W-^T s) with s = R_y / (z+ + eps).
+- Conv2d: the z+ rule of `vital.relevance.zplus` on the positive and negative parts of its input (alpha=1,
+  beta=0), the one the rule chain uses: G = where(x > 0, W+^T s, W-^T s) with s = R_y / (z+ + eps).
 
 Max pooling keeps its gradient (the winning input takes the relevance).
 """
