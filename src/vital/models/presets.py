@@ -118,7 +118,9 @@ def stage_ends(model: nn.Module, size: int = 224) -> list[str]:
     spatial = {r.name: _spatial(r) for r in rows}
     kept = [stem]
     for n in sorted(ends.values(), key=order.__getitem__):
-        if spatial[n][0] <= spatial[kept[-1]][0]:  # type: ignore[index]  # resolution only falls along a trunk
+        here, last = spatial[n], spatial[kept[-1]]
+        assert here is not None and last is not None  # `ends` and the stem are maps
+        if here[0] <= last[0]:  # resolution only falls along a trunk
             kept.append(n)
     return kept
 

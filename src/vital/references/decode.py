@@ -92,7 +92,7 @@ class DeviceDecoder:
 
     def _by_pil(self, data: torch.Tensor) -> torch.Tensor | None:
         try:
-            return self.pil(load_rgb(io.BytesIO(data.numpy().tobytes())))  # type: ignore[arg-type]
+            return self.pil(load_rgb(io.BytesIO(data.numpy().tobytes())))
         except UNREADABLE:
             return None
 
@@ -103,8 +103,8 @@ class DeviceDecoder:
         for i, (kind, data) in enumerate(payloads):
             if kind == "pixels":
                 x: torch.Tensor | None = data.to(self.device)
-            elif decoded[i] is not None:
-                x = self._preprocess(decoded[i])  # type: ignore[arg-type]
+            elif (image := decoded[i]) is not None:
+                x = self._preprocess(image)
             else:
                 x = self._by_pil(data)
                 x = None if x is None else x.to(self.device)

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,8 +39,9 @@ WNID = re.compile(r"^n\d{8}$")
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB: grayscale, CMYK, palette and 16-bit are converted; alpha is composited on white."""
+def load_rgb(path: str | os.PathLike | IO[bytes]) -> Image.Image:
+    """Open an image (a path or a file object) as RGB: grayscale, CMYK, palette and 16-bit are converted; alpha is
+    composited on white."""
     with Image.open(path) as opened:
         im: Image.Image = ImageOps.exif_transpose(opened)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

@@ -64,7 +64,8 @@ class ReceptiveField:
             return image, image
         else:
             sides = self.size
-        return tuple(min(max(s, 2 * st), image) for s, st in zip(sides, self.stride, strict=True))  # type: ignore[return-value]
+        h, w = (min(max(s, 2 * st), image) for s, st in zip(sides, self.stride, strict=True))
+        return h, w
 
     def boxes(self, h: torch.Tensor, w: torch.Tensor, image: int) -> torch.Tensor:
         """Patch boxes (left, top, right, bottom), right/bottom exclusive, for output positions (h, w) of an
@@ -298,12 +299,13 @@ def effective_fields(module: nn.Module, layers: list[str], images: torch.Tensor 
     the weights, the images (`sample_key`, e.g. the files' names, sizes and times; default: a hash of the pixels)
     and the mass: mining the same data with the same model again (a small folder, another k, an atlas rebuild) runs
     no gradient pass and decodes no sample."""
-    sample = images if torch.is_tensor(images) else None
+    sample = images if isinstance(images, torch.Tensor) else None
 
     def pixels() -> torch.Tensor:
         nonlocal sample
         if sample is None:
-            sample = images()  # type: ignore[operator]
+            assert not isinstance(images, torch.Tensor)
+            sample = images()
         return sample
 
     found: dict[str, tuple[tuple[int, int], tuple[float, float]]] = {}
@@ -315,9 +317,9 @@ def effective_fields(module: nn.Module, layers: list[str], images: torch.Tensor 
                                                  .encode()).hexdigest() for n in layers}
         stored = _read_cache()
         for n in layers:
-            entry = stored.get(keys[n])
+            entry = stored.get(keys[n], {})
             try:
-                (h, w), (y, x) = entry["side"], entry["offset"]  # type: ignore[index]
+                (h, w), (y, x) = entry["side"], entry["offset"]
                 found[n] = ((int(h), int(w)), (float(y), float(x)))
             except (KeyError, TypeError, ValueError):
                 pass  # absent or damaged: measured

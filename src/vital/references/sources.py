@@ -61,7 +61,7 @@ class TarShards:
         f = tar.extractfile(member)
         if f is None:
             raise OSError(f"{member} is not a file in {self.shards[k]}")
-        return load_rgb(f)  # type: ignore[arg-type]  # PIL reads file objects
+        return load_rgb(f)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_open": {}}
