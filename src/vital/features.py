@@ -1,6 +1,8 @@
 """Capture named layer outputs in one forward that stops after the deepest of them.
 
-Outputs are returned in one of the views of `vital.layout`, by each layer's own layout: "positions" (B, C, P):
+`capture` is the one forward-hook helper that captures and stops early (used by `FeatureExtractor`, the
+modified-gradient relevance and guided backprop); `LayoutProbe` reads a layer's layout where its shape cannot tell.
+`FeatureExtractor` outputs are returned in one of the views of `vital.layout`, by each layer's own layout: "positions" (B, C, P):
 C channels by P positions (a channels-first or channels-last map gives P = H*W; a ViT token sequence (B, T, D)
 gives D channels by T tokens, class token included; a vector gives P = 1); "map" (B, C, H, W); or "raw" (as the
 layer returned it). A captured output is never one that a later in-place operation (VGG's ReLU(inplace=True))
