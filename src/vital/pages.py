@@ -5,6 +5,7 @@ template and one stylesheet (`vital.css`)."""
 from __future__ import annotations
 
 import functools
+import html
 import os
 import urllib.parse
 from importlib import resources
@@ -23,10 +24,17 @@ def printable(value: Any) -> Any:
     return value
 
 
+def text(value: Any) -> Markup:
+    """Escaped for an element's content, where quotes need no escaping (a JSON dump in <pre> stays readable)."""
+    return Markup(html.escape(str(printable(value)), quote=False))
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("vital", "templates"), autoescape=True,
-                              finalize=printable, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vital", "templates"), autoescape=True,
+                             finalize=printable, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["text"] = text
+    return env
 
 
 def render(template: str, **context: Any) -> str:

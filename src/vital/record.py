@@ -27,17 +27,18 @@ LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight
 _DAMAGED = "it is damaged or not a record.json written by vital"
 
 
-class _Check:
-    """Reads one JSON value field by field; any surprise is one `VitalError` naming the file and the field."""
+class Fields:
+    """Reads one JSON value field by field; any surprise is one `VitalError` naming the file and the field (and
+    ending in `tail`, what to do about it)."""
 
     KINDS: dict[str, tuple[type, ...]] = {"text": (str,), "whole number": (int,), "number": (int, float),
                                           "list": (list,), "object": (dict,)}
 
-    def __init__(self, where: str):
-        self.where = where
+    def __init__(self, where: str, tail: str = _DAMAGED):
+        self.where, self.tail = where, tail
 
     def fail(self, name: str, problem: str) -> NoReturn:
-        raise VitalError(f"{self.where}: {name} {problem}; {_DAMAGED}")
+        raise VitalError(f"{self.where}: {name} {problem}; {self.tail}")
 
     def value(self, value: Any, kind: str, name: str, optional: bool = False) -> Any:
         if value is None and optional:
@@ -47,12 +48,11 @@ class _Check:
             self.fail(name, f"is {shown} ({_short(value)}), not {'a' if kind != 'object' else 'an'} {kind}")
         return value
 
-    def key(self, obj: dict, key: str, kind: str, name: str, optional: bool = False, default: Any = None) -> Any:
+    def key(self, obj: dict, key: str, kind: str, name: str = "", optional: bool = False, default: Any = None) -> Any:
         if key not in obj:
             if optional:
                 return default
-            raise VitalError(f"{self.where} lacks {name}.{key}; {_DAMAGED}" if name else
-                             f"{self.where} lacks {key}; {_DAMAGED}")
+            raise VitalError(f"{self.where} lacks {name + '.' if name else ''}{key}; {self.tail}")
         return self.value(obj[key], kind, f"{name}.{key}" if name else key, optional)
 
     def numbers(self, value: Any, name: str) -> list[float]:
@@ -79,7 +79,7 @@ class ModelEntry:
     interpolation: str | None = None
 
     @classmethod
-    def read(cls, c: _Check, obj: Any) -> ModelEntry:
+    def read(cls, c: Fields, obj: Any) -> ModelEntry:
         m = c.value(obj, "object", "model")
         out = cls(c.key(m, "name", "text", "model"), c.key(m, "weights", "text", "model"))
         for key in ("mean", "std"):
@@ -106,7 +106,7 @@ class TargetEntry:
         return cls(type(target).__name__.lower(), asdict(target), label)
 
     @classmethod
-    def read(cls, c: _Check, obj: Any, name: str) -> TargetEntry:
+    def read(cls, c: Fields, obj: Any, name: str) -> TargetEntry:
         t = c.value(obj, "object", name)
         kind = c.key(t, "kind", "text", name)
         if kind == "class":
@@ -166,10 +166,10 @@ class ReferenceEntry:
     @classmethod
     def from_json(cls, obj: Any, where: str = "the reference entry") -> ReferenceEntry:
         """One entry of a record's `references`, checked (and upgraded, see `legacy_origin`)."""
-        return cls.read(_Check(where), obj, "references")
+        return cls.read(Fields(where), obj, "references")
 
     @classmethod
-    def read(cls, c: _Check, obj: Any, name: str) -> ReferenceEntry:
+    def read(cls, c: Fields, obj: Any, name: str) -> ReferenceEntry:
         r = c.value(obj, "object", name)
         files = []
         for i, f in enumerate(c.key(r, "files", "list", name)):
@@ -189,7 +189,7 @@ class ReferenceEntry:
                 "origin": self.origin}
 
 
-def _check_origin(c: _Check, origin: dict, name: str) -> dict:
+def _check_origin(c: Fields, origin: dict, name: str) -> dict:
     """The fields that rebuilding a reference set reads, by the origin's kind."""
     kind = c.key(origin, "kind", "text", name)
     if kind == "photo":
@@ -237,7 +237,7 @@ class Output:
     reference_thumbnails: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, c: _Check, obj: Any, i: int) -> Output:
+    def read(cls, c: Fields, obj: Any, i: int) -> Output:
         name = f"outputs[{i}]"
         o = c.value(obj, "object", name)
         thumbs = c.key(o, "reference_thumbnails", "list", name, optional=True, default=[])
@@ -324,7 +324,7 @@ class RunRecord:
         """A record from its JSON value (see `read`)."""
         if not isinstance(data, dict):
             raise VitalError(f"{where} is not a run record (a JSON object); give the record.json written by vital")
-        c = _Check(where)
+        c = Fields(where)
         missing = [k for k, (_, required) in _SHAPE.items() if required and k not in data]
         if missing:
             raise VitalError(f"{where} lacks {', '.join(missing)}; {_DAMAGED}")
