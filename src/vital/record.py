@@ -32,7 +32,7 @@ class Fields:
     ending in `tail`, what to do about it)."""
 
     KINDS: dict[str, tuple[type, ...]] = {"text": (str,), "whole number": (int,), "number": (int, float),
-                                          "list": (list,), "object": (dict,)}
+                                          "list": (list,), "object": (dict,), "bool": (bool,)}
 
     def __init__(self, where: str, tail: str = _DAMAGED):
         self.where, self.tail = where, tail
@@ -43,7 +43,7 @@ class Fields:
     def value(self, value: Any, kind: str, name: str, optional: bool = False) -> Any:
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, self.KINDS[kind]):
+        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, self.KINDS[kind]):
             shown = "null" if value is None else type(value).__name__
             self.fail(name, f"is {shown} ({_short(value)}), not {'a' if kind != 'object' else 'an'} {kind}")
         return value

@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vital.confine import relative_name
 from vital.errors import VitalError
 from vital.io import atomic_write
 from vital.models.zoo import VisionModel
+from vital.record import Fields
 from vital.references.images import ReferenceSet, load_rgb
 
 FORMAT = "vital-mining-store/1"
@@ -64,6 +66,44 @@ def read_json(path: Path, what: str) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VitalError(f"cannot read {what} {path} ({type(e).__name__}); it is damaged: mine again into a new "
                          "folder") from e
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL's and torchvision's names
+_FIX = "mine again into a new folder"
+
+
+def _check_index(where: Path, index: dict) -> dict[str, int]:
+    """Every field of a store's index that reading it relies on; returns {layer: channels}. A wrong type, a
+    missing key or an impossible value is one line naming the file and the field."""
+    c = Fields(str(where), f"the store is damaged: {_FIX}")
+    for key in ("model", "weights_id"):
+        c.key(index, key, "text")
+    c.key(index, "complete", "bool")
+    k = c.key(index, "k", "whole number")
+    c.key(index, "n_images", "whole number", optional=True)
+    channels = {}
+    for layer, info in c.key(index, "layers", "object").items():
+        n = c.key(c.value(info, "object", f"layers.{layer}"), "channels", "whole number", f"layers.{layer}")
+        if n < 1:
+            c.fail(f"layers.{layer}.channels", f"is {n}, not a positive number")
+        channels[layer] = n
+    dataset = c.key(index, "dataset", "object")
+    if c.key(dataset, "kind", "text", "dataset") == "folder":
+        c.key(dataset, "root", "text", "dataset")
+    prep = c.key(index, "preprocessing", "object")
+    for key in ("mean", "std"):
+        if len(c.numbers(c.key(prep, key, "list", "preprocessing"), f"preprocessing.{key}")) != 3:
+            c.fail(f"preprocessing.{key}", "does not hold 3 numbers (one per colour channel)")
+    for key in ("size", "resize"):
+        n = c.key(prep, key, "whole number", "preprocessing")
+        if n < 1:
+            c.fail(f"preprocessing.{key}", f"is {n}, not a positive number of pixels")
+    mode = c.key(prep, "interpolation", "text", "preprocessing")
+    if mode not in INTERPOLATIONS:
+        c.fail("preprocessing.interpolation", f"is {mode!r}, not one of {', '.join(INTERPOLATIONS)}")
+    if k < 1:
+        c.fail("k", f"is {k}, not a positive number")
+    return channels
 
 
 _TENSORS = ("image_scores", "image_index", "patch_scores", "patch_index", "patch_boxes")
@@ -112,12 +152,8 @@ class MiningStore:
         index = read_json(path / INDEX, "the store's index")
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise VitalError(f"{path / INDEX} is not a {FORMAT} index; mine again into a new folder")
-        try:
-            complete, layers, dataset = bool(index["complete"]), dict(index["layers"]), dict(index["dataset"])
-            channels = {n: int(info["channels"]) for n, info in layers.items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise VitalError(f"{path / INDEX} is damaged ({type(e).__name__}: {e}); mine again into a new "
-                             "folder") from e
+        channels = _check_index(path / INDEX, index)
+        complete, dataset = index["complete"], index["dataset"]
         if not complete:
             raise VitalError(f"store at {path} is incomplete ({index.get('images_processed')} of "
                              f"{dataset.get('count')} images); run `vital mine` again with the same arguments "
@@ -132,6 +168,9 @@ class MiningStore:
                              "again into a new folder") from e
         files = read_json(path / FILES, "the store's file list")
         _check_consistent(path, channels, index.get("k"), tensors, files)
+        if dataset["kind"] == "folder":  # names are followed under the image root only, never out of it
+            for name in files:
+                relative_name(name, path / FILES, "image")
         return cls(index, tensors, files, path, images)
 
     @property
