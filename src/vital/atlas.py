@@ -9,7 +9,7 @@ mining stores.
     OUT/assets/...                     thumbnails and reference crops, made once
     OUT/atlas.json                     what each neuron page was built from, for incremental rebuilds
 
-Sources are searched recursively: a folder with record.json is a run (every channel target in it is a neuron), one
+Sources are searched recursively: a folder with a run record is a run (every channel target in it is a neuron), one
 with index.json a mining store, one with circuit.json a circuit. Everything is plain HTML, CSS and a few lines of
 JavaScript with relative links, so it works from file:// without a server and fetches nothing. A rebuild redoes
 only the neurons whose sources changed (and every index page, which is cheap).
@@ -84,7 +84,7 @@ class Atlas:
         for src in sources:
             self._scan(Path(src))
         if not self.neurons and not self.stores:
-            raise VitalError(f"no channel visualizations (record.json) or mining stores (index.json) under "
+            raise VitalError(f"no channel visualizations ({RECORD}) or mining stores (index.json) under "
                              f"{', '.join(map(str, sources))}")
         if len(self.models) > 1:
             raise VitalError(f"the sources hold runs or stores of several models ({', '.join(sorted(self.models))}); "
@@ -109,8 +109,8 @@ class Atlas:
             if RunRecord.present(d):
                 self._add_run(d)
             if (d / CIRCUIT).is_file():
-                found = Circuit.read(d / CIRCUIT)
-                self._neuron(found.layer, found.channel).circuit = d / CIRCUIT
+                graph = Circuit.read(d / CIRCUIT)
+                self._neuron(graph.layer, graph.channel).circuit = d / CIRCUIT
 
     def _neuron(self, layer: str, channel: int) -> Neuron:
         return self.neurons.setdefault((layer, channel), Neuron(layer, channel))

@@ -1,5 +1,5 @@
 """The run record: what a run did (model, targets, options, references, seed, versions, timings) and what it wrote
-(`outputs`), kept as `record.json` in its run folder so that `vital rerun` can repeat it.
+(`outputs`), kept as the file `RECORD` in its run folder so that `vital rerun` can repeat it.
 
 `RunRecord` is the one reader and writer of that file. A record is data from disk, perhaps edited by hand, so
 `RunRecord.read` checks every field it uses and turns a wrong type or a missing key into one line naming the file
@@ -24,7 +24,7 @@ from vital.targets import Channel, Class, Direction, Target
 RECORD = "record.json"
 PHOTO_VIEW = re.compile(r"^skimage:(?P<name>[^#]+)#view\d+\(seed=(?P<seed>\d+)\)$")
 LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight": "bn_weight"}
-_DAMAGED = "it is damaged or not a record.json written by vital"
+_DAMAGED = f"it is damaged or not a {RECORD} written by vital"
 
 
 class Fields:
@@ -307,7 +307,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunRecord:
-        """The record at `path` (a record.json or the run folder holding it), checked and upgraded."""
+        """The record at `path` (the record file or the run folder holding it), checked and upgraded."""
         path = cls.locate(path)
         if not path.is_file():
             raise VitalError(f"no run record at {path}")
@@ -323,7 +323,7 @@ class RunRecord:
     def from_json(cls, data: Any, where: str = "the record") -> RunRecord:
         """A record from its JSON value (see `read`)."""
         if not isinstance(data, dict):
-            raise VitalError(f"{where} is not a run record (a JSON object); give the record.json written by vital")
+            raise VitalError(f"{where} is not a run record (a JSON object); give the {RECORD} written by vital")
         c = Fields(where)
         missing = [k for k, (_, required) in _SHAPE.items() if required and k not in data]
         if missing:
@@ -353,7 +353,7 @@ class RunRecord:
                    got["batch"], outputs, metrics, {k: v for k, v in data.items() if k not in _SHAPE})
 
     def as_json(self) -> dict[str, Any]:
-        """The record as written to record.json (keys in the order records have always had)."""
+        """The record as written to its file (keys in the order records have always had)."""
         out: dict[str, Any] = {
             "method": self.method,
             "model": {"name": self.model.name, "weights": self.model.weights, "mean": self.model.mean,

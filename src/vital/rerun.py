@@ -1,4 +1,4 @@
-"""Repeat a run from its `record.json`: the same model and weights, targets, method, options, seed and references.
+"""Repeat a run from its run record (`vital.record`): the same model and weights, targets, method, options, seed and references.
 
 References are rebuilt from the structured origin the record keeps for each set (`origin`, see
 `vital.references.images`): the recorded files on disk, seeded views of an offline photo, or a mined store's top
@@ -97,7 +97,7 @@ def run_arguments(record: dict) -> dict:
 
 def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = None, progress: bool = True,
           weights: str | None = None) -> Result:
-    """Run again what `record` (a path to record.json or its run folder, its JSON, or a `RunRecord`) describes;
+    """Run again what `record` (the path of a record file or of its run folder, its JSON, or a `RunRecord`) describes;
     `weights` overrides the file."""
     if isinstance(record, RunRecord):
         run = record

@@ -33,13 +33,13 @@ class Result:
     targets: list[Target]
     labels: list[str]
     references: list[ReferenceSet | None]
-    run: RunRecord | None = None  # what was run, as record.json keeps it (`vital.record`)
+    run: RunRecord | None = None  # what was run, as its run folder keeps it (`vital.record`)
     paths: dict[str, list[Path]] = field(default_factory=dict)
     copies: list[int] = field(default_factory=list)  # each image's copy number, when targets have several
 
     @property
     def record(self) -> dict:
-        """The run record as JSON (what record.json holds, less the outputs until the result is saved)."""
+        """The run record as JSON (what the record file holds, less the outputs until the result is saved)."""
         return {} if self.run is None else self.run.as_json()
 
     def slug(self, i: int) -> str:
@@ -57,7 +57,7 @@ class Result:
                       [self.labels[i]], [self.references[i]], run)
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
-        """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png` into
+        """Write `<target>.png`, `<target>_transparency.png` (RGBA), the run record and `contact_sheet.png` into
         `out_dir` as one folder (`vital.outputs`: written aside, then renamed into place). A folder holding another
         run is replaced only with `overwrite`."""
         final = Path(out_dir).expanduser().absolute() if str(out_dir).strip() else Path("")
