@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vital.confine import relative_name
 from vital.evaluate import EvalTable, Visual, evaluate
 from vital.io import ensure_writable
 from vital.models.zoo import VisionModel
@@ -56,9 +57,15 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
         for o in rec.outputs:
             t = rec.target_of(o)
             if t.kind == "class":
-                out.append(Visual(Path(d) / o.image, t.fields["index"], rec.method, rec.model.name,
-                                  Path(d) / o.transparency if o.transparency else None, o.label))
+                alpha = _output(d, o.transparency, rec) if o.transparency else None
+                out.append(Visual(_output(d, o.image, rec), t.fields["index"], rec.method, rec.model.name, alpha,
+                                  o.label))
     return out
+
+
+def _output(run_dir: str | os.PathLike, name: str, rec: RunRecord) -> Path:
+    """A file a run record names, inside its run folder (`vital.confine`)."""
+    return Path(run_dir) / relative_name(name, rec.path or run_dir, "output")
 
 
 def real_images(refs: dict[int, ReferenceSet], model: VisionModel) -> dict[int, list]:
@@ -77,7 +84,7 @@ def run_metrics(table: EvalTable, run_dirs: Sequence[Path]) -> dict[str, dict[st
     out = {}
     for d in run_dirs:
         rec = RunRecord.read(d)
-        out[str(d)] = {o.image: by_image.get(str(Path(d) / o.image), {}) for o in rec.outputs}
+        out[str(d)] = {o.image: by_image.get(str(_output(d, o.image, rec)), {}) for o in rec.outputs}
     return out
 
 
