@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
@@ -154,21 +155,22 @@ class Atlas:
     def _layer_kid(self, layer: str, cached: dict) -> dict | None:
         """KID of a layer's visualizations against their own top reference patches (4 per neuron), with its spread
         and the sample sizes; cached by the files it was computed from."""
-        neurons = [n for n in self.neurons.values() if n.layer == layer and n.image is not None]
-        if len(neurons) < 2 or self._store_for(layer) is None:
+        shown = [(n, n.image) for n in self.neurons.values() if n.layer == layer and n.image is not None]
+        if len(shown) < 2 or self._store_for(layer) is None:
             return None
-        key = json.dumps(sorted([str(n.image), n.image.stat().st_mtime_ns] for n in neurons))  # type: ignore[union-attr]
+        key = json.dumps(sorted([str(image), image.stat().st_mtime_ns] for _, image in shown))
         if cached.get("key") == key:
             return cached
         from torchvision.transforms.functional import to_tensor
 
         from vital.evaluate.kid import kid
 
-        vis = [n.image for n in neurons]
-        real = [to_tensor(crop) for n in neurons for crop, _, _, _ in self._patches(layer, n.channel, 4)]
+        vis: list[Path | torch.Tensor] = [image for _, image in shown]
+        real: list[Path | torch.Tensor] = [to_tensor(crop) for n, _ in shown
+                                           for crop, _, _, _ in self._patches(layer, n.channel, 4)]
         if len(real) < 2:
             return None
-        r = kid(vis, real)  # type: ignore[arg-type]
+        r = kid(vis, real)
         return {"key": key, "mean": r.mean, "std": r.std, "n_vis": r.n_a, "n_real": r.n_b}
 
     def build(self, progress: bool = True, kid: bool = False) -> Path:
@@ -227,11 +229,12 @@ class Atlas:
         n = self.neurons.get((layer, c))
         dst = self.out / "assets" / "thumbs" / safe_name(layer) / f"{c}.jpg"
         rel = dst.relative_to(self.out).as_posix()
-        is_vis = n is not None and n.image is not None
-        if dst.is_file() and (not is_vis or dst.stat().st_mtime_ns >= n.image.stat().st_mtime_ns):  # type: ignore[union-attr]
+        image = n.image if n is not None else None
+        is_vis = image is not None
+        if dst.is_file() and (image is None or dst.stat().st_mtime_ns >= image.stat().st_mtime_ns):
             return rel, is_vis
-        if is_vis:
-            im = Image.open(n.image).convert("RGB")  # type: ignore[union-attr, arg-type]
+        if image is not None:
+            im = Image.open(image).convert("RGB")
         else:
             crops = self._patches(layer, c, 1)
             if not crops:

@@ -21,10 +21,10 @@ from markupsafe import Markup
 
 from vital.errors import VitalError
 from vital.features import upstream_of
+from vital.fields import Fields
 from vital.io import write_json
 from vital.layout import LayoutProbe, to_positions
 from vital.models.zoo import VisionModel
-from vital.record import Fields
 from vital.references.images import ReferenceSet
 
 FORMAT = "vital-circuit/1"
@@ -79,19 +79,18 @@ class Circuit:
     @classmethod
     def from_json(cls, data: Any, where: str = "the circuit") -> Circuit:
         """A circuit from its JSON value (see `read`)."""
-        c = Fields(where, "it is damaged or not a circuit.json written by vital")
+        c = Fields(where, f"it is damaged or not a {CIRCUIT} written by vital")
         c.value(data, "object", "the circuit")
         out = cls(c.key(data, "model", "text"), c.key(data, "layer", "text"), c.key(data, "channel", "whole number"),
                   c.key(data, "relevance", "text"), c.key(data, "references", "whole number"),
                   [c.value(n, "text", f"layers[{i}]") for i, n in enumerate(c.key(data, "layers", "list"))])
         for layer, srcs in c.key(data, "sources", "object").items():
-            at = f"sources.{layer}"
-            out.sources[layer] = [Source(c.key(s, "layer", "text", f"{at}[{i}]"),
-                                         c.key(s, "channel", "whole number", f"{at}[{i}]"),
-                                         c.key(s, "share", "number", f"{at}[{i}]"),
-                                         c.key(s, "relevance", "number", f"{at}[{i}]"))
-                                  for i, s in enumerate(c.value(srcs, "list", at))
-                                  if c.value(s, "object", f"{at}[{i}]") is not None]
+            out.sources[layer] = []
+            for i, src in enumerate(c.value(srcs, "list", f"sources.{layer}")):
+                at = f"sources.{layer}[{i}]"
+                c.value(src, "object", at)
+                out.sources[layer].append(Source(c.key(src, "layer", "text", at), c.key(src, "channel", "whole number", at),
+                                                 c.key(src, "share", "number", at), c.key(src, "relevance", "number", at)))
         for i, e in enumerate(c.key(data, "edges", "list", optional=True, default=[])):
             kinds = ("text", "whole number", "text", "whole number", "number")
             if not isinstance(e, list) or len(e) != 5:

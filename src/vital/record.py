@@ -15,9 +15,10 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from vital.errors import VitalError
+from vital.fields import Fields, short
 from vital.io import write_json
 from vital.targets import Channel, Class, Direction, Target
 
@@ -25,45 +26,6 @@ RECORD = "record.json"
 PHOTO_VIEW = re.compile(r"^skimage:(?P<name>[^#]+)#view\d+\(seed=(?P<seed>\d+)\)$")
 LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight": "bn_weight"}
 _DAMAGED = f"it is damaged or not a {RECORD} written by vital"
-
-
-class Fields:
-    """Reads one JSON value field by field; any surprise is one `VitalError` naming the file and the field (and
-    ending in `tail`, what to do about it)."""
-
-    KINDS: dict[str, tuple[type, ...]] = {"text": (str,), "whole number": (int,), "number": (int, float),
-                                          "list": (list,), "object": (dict,), "bool": (bool,)}
-
-    def __init__(self, where: str, tail: str = _DAMAGED):
-        self.where, self.tail = where, tail
-
-    def fail(self, name: str, problem: str) -> NoReturn:
-        raise VitalError(f"{self.where}: {name} {problem}; {self.tail}")
-
-    def value(self, value: Any, kind: str, name: str, optional: bool = False) -> Any:
-        if value is None and optional:
-            return None
-        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, self.KINDS[kind]):
-            shown = "null" if value is None else type(value).__name__
-            self.fail(name, f"is {shown} ({_short(value)}), not {'a' if kind != 'object' else 'an'} {kind}")
-        return value
-
-    def key(self, obj: dict, key: str, kind: str, name: str = "", optional: bool = False, default: Any = None) -> Any:
-        if key not in obj:
-            if optional:
-                return default
-            raise VitalError(f"{self.where} lacks {name + '.' if name else ''}{key}; {self.tail}")
-        return self.value(obj[key], kind, f"{name}.{key}" if name else key, optional)
-
-    def numbers(self, value: Any, name: str) -> list[float]:
-        for i, v in enumerate(self.value(value, "list", name)):
-            self.value(v, "number", f"{name}[{i}]")
-        return list(value)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -115,7 +77,7 @@ class TargetEntry:
             position = c.key(t, "position", "list", name, optional=True)
             if position is not None and (len(position) != 2 or not all(
                     isinstance(p, int) and not isinstance(p, bool) for p in position)):
-                c.fail(f"{name}.position", f"is {_short(position)}, not two whole numbers")
+                c.fail(f"{name}.position", f"is {short(position)}, not two whole numbers")
             fields = {"layer": c.key(t, "layer", "text", name), "channel": c.key(t, "channel", "whole number", name),
                       "position": position}
         elif kind == "direction":
@@ -166,7 +128,7 @@ class ReferenceEntry:
     @classmethod
     def from_json(cls, obj: Any, where: str = "the reference entry") -> ReferenceEntry:
         """One entry of a record's `references`, checked (and upgraded, see `legacy_origin`)."""
-        return cls.read(Fields(where), obj, "references")
+        return cls.read(Fields(where, _DAMAGED), obj, "references")
 
     @classmethod
     def read(cls, c: Fields, obj: Any, name: str) -> ReferenceEntry:
@@ -324,7 +286,7 @@ class RunRecord:
         """A record from its JSON value (see `read`)."""
         if not isinstance(data, dict):
             raise VitalError(f"{where} is not a run record (a JSON object); give the {RECORD} written by vital")
-        c = Fields(where)
+        c = Fields(where, _DAMAGED)
         missing = [k for k, (_, required) in _SHAPE.items() if required and k not in data]
         if missing:
             raise VitalError(f"{where} lacks {', '.join(missing)}; {_DAMAGED}")

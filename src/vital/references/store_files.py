@@ -16,8 +16,8 @@ import torch
 
 from vital.confine import relative_name
 from vital.errors import VitalError
+from vital.fields import Fields
 from vital.io import write_json
-from vital.record import Fields
 
 FORMAT = "vital-mining-store/1"
 INDEX, STATE, FILES = "index.json", "topk.pt", "files.json"
