@@ -133,7 +133,11 @@ def _merge(lists: Lists, act: torch.Tensor, index: torch.Tensor, rf: ReceptiveFi
 
 
 def _check_arguments(layers: Sequence[str], k: int, n_images: int | None, batch_size: int, workers: int,
-                     checkpoint_every: int, grid: bool, out) -> None:
+                     checkpoint_every: int, grid: bool, out, patch: str, decode: str) -> None:
+    if patch not in PATCH_RULES:
+        raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
+    if decode not in DECODERS:
+        raise VitalError(f"unknown decoder '{decode}'; use one of {', '.join(DECODERS)}")
     if k < 1 or (n_images is not None and n_images < 1):
         raise VitalError(f"k and n_images must be at least 1, got k={k}, n_images={n_images}")
     if batch_size < 1 or checkpoint_every < 1 or workers < 0:
@@ -349,11 +353,7 @@ def mine(
     `decode`: "pil" (the model's transform in the loader) or "device" (folders: JPEG files decoded and preprocessed
     on the model's device, `vital.references.decode`; the others through PIL)."""
     _check_arguments(list(layers) or list(directions or {}), k, n_images, batch_size, workers, checkpoint_every,
-                     grid, out)
-    if patch not in PATCH_RULES:
-        raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
-    if decode not in DECODERS:
-        raise VitalError(f"unknown decoder '{decode}'; use one of {', '.join(DECODERS)}")
+                     grid, out, patch, decode)
     vectors = {n: torch.as_tensor(v, dtype=torch.float32).reshape(-1, torch.as_tensor(v).shape[-1])
                for n, v in (directions or {}).items()}
     extractor = _Maps(model.module, layers, vectors)
