@@ -398,7 +398,7 @@ def test_kill_during_save_keeps_the_previous_run(world, lite0, tmp_path, monkeyp
 
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("vital.visualize"), "write_json", dies)
+    monkeypatch.setattr(importlib.import_module("vital.record"), "write_json", dies)
     with pytest.raises(KeyboardInterrupt):
         second.save(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before

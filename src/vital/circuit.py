@@ -9,22 +9,26 @@ share, on the neuron's atlas page.
 
 from __future__ import annotations
 
-import html
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from markupsafe import Markup
 
 from vital.errors import VitalError
 from vital.features import LayoutProbe, upstream_of
+from vital.fields import Fields
 from vital.io import write_json
 from vital.layout import to_positions
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet
 
 FORMAT = "vital-circuit/1"
+CIRCUIT = "circuit.json"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,40 @@ class Circuit:
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_json(self.as_dict(), path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Circuit:
+        """The circuit in `path` (a circuit.json), every field checked: a wrong type or a missing key is one line
+        naming the file and the field."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VitalError(f"cannot read the circuit {path} ({type(e).__name__}); it is damaged") from e
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the circuit") -> Circuit:
+        """A circuit from its JSON value (see `read`)."""
+        c = Fields(where, f"it is damaged or not a {CIRCUIT} written by vital")
+        c.value(data, "object", "the circuit")
+        out = cls(c.key(data, "model", "text"), c.key(data, "layer", "text"), c.key(data, "channel", "whole number"),
+                  c.key(data, "relevance", "text"), c.key(data, "references", "whole number"),
+                  [c.value(n, "text", f"layers[{i}]") for i, n in enumerate(c.key(data, "layers", "list"))])
+        for layer, srcs in c.key(data, "sources", "object").items():
+            out.sources[layer] = []
+            for i, src in enumerate(c.value(srcs, "list", f"sources.{layer}")):
+                at = f"sources.{layer}[{i}]"
+                c.value(src, "object", at)
+                out.sources[layer].append(Source(c.key(src, "layer", "text", at), c.key(src, "channel", "whole number", at),
+                                                 c.key(src, "share", "number", at), c.key(src, "relevance", "number", at)))
+        for i, e in enumerate(c.key(data, "edges", "list", optional=True, default=[])):
+            kinds = ("text", "whole number", "text", "whole number", "number")
+            if not isinstance(e, list) or len(e) != 5:
+                c.fail(f"edges[{i}]", "is not [from layer, from channel, to layer, to channel, share]")
+            out.edges.append(tuple(c.value(v, k, f"edges[{i}][{j}]") for j, (v, k) in enumerate(zip(e, kinds,
+                                                                                                 strict=True))))
+        return out
 
 
 def channel_relevance(model: VisionModel, layer: str, channel: int, images: torch.Tensor, upstream: Sequence[str],
@@ -111,38 +149,32 @@ def circuit(model: VisionModel, layer: str, channel: int, references: ReferenceS
     return out
 
 
-def svg(data: dict, link: dict[tuple[str, int], str] | None = None, width: int = 640) -> str:
+def svg(data: dict | Circuit, link: dict[tuple[str, int], str] | None = None, width: int = 640) -> Markup:
     """The circuit as an SVG graph: the target on the right, each upstream layer a column to its left (nearest
     first), an edge per recorded share, its width and opacity by the share. `link` maps (layer, channel) to a page
-    for clickable nodes."""
-    layers = data["layers"]
-    cols = len(layers) + 1
-    rows = max([len(v) for v in data["sources"].values()] + [1])
+    for clickable nodes. Rendered through a template: every name in it is escaped."""
+    from vital.pages import render
+
+    c = data if isinstance(data, Circuit) else Circuit.from_json(data)
+    cols = len(c.layers) + 1
+    rows = max([len(v) for v in c.sources.values()] + [1])
     w, h = width, 70 + rows * 64
     xs = [w - 70 - i * (w - 140) / max(1, cols - 1) for i in range(cols)]
-    pos: dict[tuple[str, int], tuple[float, float]] = {(data["layer"], data["channel"]): (xs[0], h / 2)}
+    pos: dict[tuple[str, int], tuple[float, float]] = {(c.layer, c.channel): (xs[0], h / 2)}
     shares: dict[tuple[str, int], float] = {}
-    for i, n in enumerate(layers):
-        srcs = data["sources"].get(n, [])
+    for i, n in enumerate(c.layers):
+        srcs = c.sources.get(n, [])
         for j, s in enumerate(srcs):
-            pos[(n, s["channel"])] = (xs[i + 1], 30 + (j + 0.5) * (h - 60) / max(1, len(srcs)))
-            shares[(n, s["channel"])] = s["share"]
-    e = html.escape
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-             'font-family="sans-serif" font-size="11">']
-    for fl, fc, tl, tc, share in data.get("edges", []):
-        if (fl, fc) in pos and (tl, tc) in pos:
-            (x1, y1), (x2, y2) = pos[(fl, fc)], pos[(tl, tc)]
-            parts.append(f'<line x1="{x1 + 26:.1f}" y1="{y1:.1f}" x2="{x2 - 26:.1f}" y2="{y2:.1f}" stroke="#c0392b" '
-                         f'stroke-width="{0.5 + 10 * share:.2f}" stroke-opacity="{0.2 + 0.8 * share:.2f}">'
-                         f"<title>{e(fl)}:{fc} to {e(tl)}:{tc}: {100 * share:.1f}%</title></line>")
-    for (layer, c), (x, y) in pos.items():
-        share = shares.get((layer, c))
-        label = e(layer) + (f" · {100 * share:.0f}%" if share is not None else " (target)")
-        node = (f'<rect x="{x - 26:.1f}" y="{y - 13:.1f}" width="52" height="26" rx="5" fill="#fdf2e9" '
-                f'stroke="#7f8c8d"/><text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" font-weight="bold">{c}'
-                f'</text><text x="{x:.1f}" y="{y + 25:.1f}" text-anchor="middle">{label}</text>')
-        href = (link or {}).get((layer, c))
-        parts.append(f'<a href="{e(href)}">{node}</a>' if href else node)
-    parts.append("</svg>")
-    return "".join(parts)
+            pos[(n, s.channel)] = (xs[i + 1], 30 + (j + 0.5) * (h - 60) / max(1, len(srcs)))
+            shares[(n, s.channel)] = s.share
+    edges = [{"x1": f"{pos[(fl, fc)][0] + 26:.1f}", "y1": f"{pos[(fl, fc)][1]:.1f}", "x2": f"{pos[(tl, tc)][0] - 26:.1f}",
+              "y2": f"{pos[(tl, tc)][1]:.1f}", "width": f"{0.5 + 10 * share:.2f}", "opacity": f"{0.2 + 0.8 * share:.2f}",
+              "title": f"{fl}:{fc} to {tl}:{tc}: {100 * share:.1f}%"}
+             for fl, fc, tl, tc, share in c.edges if (fl, fc) in pos and (tl, tc) in pos]
+    nodes = []
+    for (layer, ch), (x, y) in pos.items():
+        share = shares.get((layer, ch))
+        nodes.append({"x": f"{x:.1f}", "rx": f"{x - 26:.1f}", "ry": f"{y - 13:.1f}", "ty": f"{y + 4:.1f}",
+                      "ly": f"{y + 25:.1f}", "channel": ch, "href": (link or {}).get((layer, ch)),
+                      "label": layer + (f" · {100 * share:.0f}%" if share is not None else " (target)")})
+    return Markup(render("circuit.svg", w=w, h=h, edges=edges, nodes=nodes).strip())

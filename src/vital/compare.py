@@ -7,7 +7,6 @@ batch, so it runs one target at a time), each into its own run folder; then `vit
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from vital.confine import relative_name
 from vital.evaluate import EvalTable, Visual, evaluate
-from vital.io import ensure_writable, write_json
+from vital.io import ensure_writable
 from vital.models.zoo import VisionModel
+from vital.record import RunRecord
 from vital.references.images import ReferenceSet
 from vital.report import gallery_from_runs, write_gallery
 from vital.targets import Class
@@ -52,13 +53,19 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
     """The class visualizations listed in run folders' records."""
     out = []
     for d in run_dirs:
-        rec = json.loads((Path(d) / "record.json").read_text())
-        for i, o in enumerate(rec["outputs"]):
-            t = rec["targets"][o.get("target_index", i)]
-            if t["kind"] == "class":
-                out.append(Visual(Path(d) / o["image"], int(t["index"]), rec["method"], rec["model"]["name"],
-                                  Path(d) / o["transparency"], o.get("label", "")))
+        rec = RunRecord.read(d)
+        for o in rec.outputs:
+            t = rec.target_of(o)
+            if t.kind == "class":
+                alpha = _output(d, o.transparency, rec) if o.transparency else None
+                out.append(Visual(_output(d, o.image, rec), t.fields["index"], rec.method, rec.model.name, alpha,
+                                  o.label))
     return out
+
+
+def _output(run_dir: str | os.PathLike, name: str, rec: RunRecord) -> Path:
+    """A file a run record names, inside its run folder (`vital.confine`)."""
+    return Path(run_dir) / relative_name(name, rec.path or run_dir, "output")
 
 
 def real_images(refs: dict[int, ReferenceSet], model: VisionModel) -> dict[int, list]:
@@ -76,18 +83,17 @@ def run_metrics(table: EvalTable, run_dirs: Sequence[Path]) -> dict[str, dict[st
                 if pv.get("image")}
     out = {}
     for d in run_dirs:
-        rec = json.loads((Path(d) / "record.json").read_text())
-        out[str(d)] = {o["image"]: by_image.get(str(Path(d) / o["image"]), {}) for o in rec["outputs"]}
+        rec = RunRecord.read(d)
+        out[str(d)] = {o.image: by_image.get(str(_output(d, o.image, rec)), {}) for o in rec.outputs}
     return out
 
 
 def annotate_runs(table: EvalTable, run_dirs: Sequence[Path]) -> None:
     """Write each image's ranks into the records of runs this comparison made itself (shown by `vital report`)."""
     for d, metrics in run_metrics(table, run_dirs).items():
-        path = Path(d) / "record.json"
-        rec = json.loads(path.read_text())
-        rec["metrics"] = metrics
-        write_json(rec, path)
+        rec = RunRecord.read(d)
+        rec.metrics = metrics
+        rec.write(d)
 
 
 def write_table(table: EvalTable, out: Path) -> None:

@@ -1,5 +1,5 @@
 """The output folder of a batch job: `<out>/job.json` (what was asked and the batch plan), one folder per target
-(`<out>/<target slug>/` with its image, transparency and record.json) and `<out>/summary.json`.
+(`<out>/<target slug>/` with its image, transparency and run record) and `<out>/summary.json`.
 
 A target folder is written under a temporary name and renamed into place (`os.replace` of the folder), so a folder
 with the target's name is always complete; a killed run leaves at most `.tmp-*` folders (and their `.old` twins), which the
@@ -18,12 +18,15 @@ from typing import Any
 
 from vital.errors import VitalError
 from vital.io import ensure_writable, replace_folder, write_json
+from vital.record import RunRecord
 
 FORMAT = "vital-batch-job/1"
-MANIFEST, SUMMARY, RECORD = "job.json", "summary.json", "record.json"
+MANIFEST, SUMMARY = "job.json", "summary.json"
 
 
-class Layout:
+class BatchLayout:
+    """The folders and files of one batch job's output (see the module docstring)."""
+
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
 
@@ -62,11 +65,10 @@ class Layout:
         """The target's folder has its record and every file the record names."""
         folder = self.folder(slug)
         try:
-            record = json.loads((folder / RECORD).read_text())
-        except (OSError, ValueError):
+            record = RunRecord.read(folder)
+        except VitalError:
             return False
-        names = [name for out in record.get("outputs", []) for name in
-                 (out.get("image"), out.get("transparency"), *out.get("reference_thumbnails", []))]
+        names = [name for out in record.outputs for name in (out.image, out.transparency, *out.reference_thumbnails)]
         return bool(names) and all(name and (folder / name).is_file() for name in names)
 
     def write(self, slug: str, files: dict[str, bytes]) -> Path:

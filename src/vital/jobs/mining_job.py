@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.jobs.layout import Layout
+from vital.jobs.layout import BatchLayout
 from vital.jobs.runner import make_pool
 from vital.jobs.spec import MineJob
 from vital.references.images import list_images
@@ -36,7 +36,7 @@ def run_mining(job: MineJob, out: str | os.PathLike, *, ray: str | None = None, 
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
     if not files:
         raise VitalError(f"image folder {root} holds no images; point --images at a folder of JPEG/PNG files")
-    layout = Layout(Path(out) / "shards")
+    layout = BatchLayout(Path(out) / "shards")
     if layout.prepare(_identity(job, root), "mine") is None:
         layout.write_manifest({"kind": "mine", "job": _identity(job, root)})
     bounds = shard_bounds(len(files), job.shards, job.batch_size)

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.jobs.layout import Layout
+from vital.jobs.layout import BatchLayout
 from vital.jobs.spec import Job
 from vital.jobs.work import TargetFiles, Worker
 from vital.methods import get_method
@@ -71,7 +71,7 @@ class LocalPool:
 class _Tracker:
     """Writes results as they arrive, counts them and drives the progress bar."""
 
-    def __init__(self, layout: Layout, complete: set[str], total: int, progress: bool):
+    def __init__(self, layout: BatchLayout, complete: set[str], total: int, progress: bool):
         self.layout, self.complete = layout, complete
         self.done = 0
         self.failures: list[dict[str, str]] = []
@@ -107,7 +107,7 @@ def run_job(job: Job, out: str | os.PathLike, *, ray: str | None = None, retries
     """Run (or resume) `job` into `out`; `ray`: None (this process), "local", "auto" or a cluster address. Returns
     the summary also written to `<out>/summary.json`: done, skipped (complete before), failed (with reasons)."""
     start = time.perf_counter()
-    layout = Layout(out)
+    layout = BatchLayout(out)
     manifest = layout.prepare(job.identity(), "visualize")
     if get_method(job.method).couples_batch and job.batch_size not in (None, 1):
         raise VitalError(f"method {job.method} couples the samples of a batch (a batch statistic), so its targets run "

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from vital.io import loss_curve
 from vital.jobs.spec import Job, MineJob, ModelSpec
 from vital.models.zoo import VisionModel, resolve_device
 from vital.references.images import ReferenceSet
 from vital.speed import Acceleration, SpeedOptions, accelerate, autocast
 from vital.targets import Target
-from vital.visualize import Result, visualize
+from vital.visualize import visualize
 
 CPU_BATCH = 4
 HEADROOM = 0.85
@@ -71,18 +70,6 @@ def references_for(job: Job, targets: Sequence[Target]) -> list[ReferenceSet | N
     return job.references.resolve(targets, seed=job.seed)
 
 
-def _single(result: Result, i: int, batch: dict) -> Result:
-    """Target i of a batch result as a result of its own (its record says which batch it was optimised in)."""
-    record = dict(result.record)
-    for key in ("targets", "references", "final_loss"):
-        record[key] = [record[key][i]]
-    history = result.history[:, i:i + 1]
-    record["loss_curve"] = loss_curve(history)
-    record["batch"] = {**batch, "position": i}
-    return Result(result.images[i:i + 1], result.grad_accumulator[i:i + 1], history, [result.targets[i]],
-                  [result.labels[i]], [result.references[i]], record)
-
-
 def _read_tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -120,7 +107,7 @@ class Worker:
         out = []
         for i, t in enumerate(targets):
             with tempfile.TemporaryDirectory(prefix="vital-target-") as tmp:
-                _single(result, i, batch).save(tmp, sheet=False)
+                result.select(i, batch).save(tmp, sheet=False)
                 out.append(TargetFiles(t.slug(), str(t), _read_tree(Path(tmp))))
         return out
 

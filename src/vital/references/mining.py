@@ -32,17 +32,15 @@ from vital.references.decode import DeviceDecoder, RawFolder, collate
 from vital.references.images import UNREADABLE, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, effective_fields, receptive_fields
 from vital.references.sources import HFImages, TarShards, source_for
-from vital.references.store import (
+from vital.references.store import MiningStore, ModelSpaceDataset
+from vital.references.store_files import (
     FILES,
     FORMAT,
-    HEADER_KEYS,
     INDEX,
     STATE,
     Lists,
-    MiningStore,
-    ModelSpaceDataset,
     final_tensors,
-    read_json,
+    open_store,
     store_index,
 )
 
@@ -113,34 +111,6 @@ def _source(images, model: VisionModel) -> tuple[_Folder | _Streamed | ModelSpac
     return _Folder(root, files, model.transform(), model.size), fingerprint, model.size
 
 
-def _mismatch(path: Path, old: dict, new: dict) -> str | None:
-    """The first way in which an existing store's header differs from the requested one, as an error message."""
-    where = f"store at {path} was mined"
-    fix = "; use another --out or delete it"
-    if (old["model"], old["weights_id"]) != (new["model"], new["weights_id"]):
-        return (f"{where} for {old['model']} (weights {old['weights_id']}), not {new['model']} "
-                f"(weights {new['weights_id']}){fix}")
-    if list(old["layers"]) != list(new["layers"]):
-        return f"{where} for layers {list(old['layers'])}, not {list(new['layers'])}{fix}"
-    if old["layers"] != new["layers"]:
-        changed = [n for n in new["layers"] if old["layers"][n] != new["layers"][n]]
-        return (f"{where} with other shapes or patch boxes for {changed} (another input size, patch rule or vital "
-                f"version){fix}")
-    if _without_root(old["dataset"]) != _without_root(new["dataset"]):  # a moved folder is the same image set
-        return f"{where} on another image set ({old['dataset']}), not ({new['dataset']}){fix}"
-    if old["preprocessing"] != new["preprocessing"]:
-        return f"{where} with preprocessing {old['preprocessing']}, not {new['preprocessing']}{fix}"
-    if (old["k"], old["n_images"]) != (new["k"], new["n_images"]):
-        return f"{where} with k={old['k']}, n_images={old['n_images']}, not k={new['k']}, n_images={new['n_images']}{fix}"
-    return None
-
-
-def _without_root(fingerprint: dict) -> dict:
-    return {key: value for key, value in fingerprint.items() if key != "root"}
-
-
-
-
 def _empty(channels: int, device: torch.device) -> Lists:
     return (torch.empty(channels, 0, device=device), torch.empty(channels, 0, dtype=torch.long, device=device),
             torch.empty(channels, 0, 4, dtype=torch.long, device=device))
@@ -163,7 +133,11 @@ def _merge(lists: Lists, act: torch.Tensor, index: torch.Tensor, rf: ReceptiveFi
 
 
 def _check_arguments(layers: Sequence[str], k: int, n_images: int | None, batch_size: int, workers: int,
-                     checkpoint_every: int, grid: bool, out) -> None:
+                     checkpoint_every: int, grid: bool, out, patch: str, decode: str) -> None:
+    if patch not in PATCH_RULES:
+        raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
+    if decode not in DECODERS:
+        raise VitalError(f"unknown decoder '{decode}'; use one of {', '.join(DECODERS)}")
     if k < 1 or (n_images is not None and n_images < 1):
         raise VitalError(f"k and n_images must be at least 1, got k={k}, n_images={n_images}")
     if batch_size < 1 or checkpoint_every < 1 or workers < 0:
@@ -379,11 +353,7 @@ def mine(
     `decode`: "pil" (the model's transform in the loader) or "device" (folders: JPEG files decoded and preprocessed
     on the model's device, `vital.references.decode`; the others through PIL)."""
     _check_arguments(list(layers) or list(directions or {}), k, n_images, batch_size, workers, checkpoint_every,
-                     grid, out)
-    if patch not in PATCH_RULES:
-        raise VitalError(f"unknown patch rule '{patch}'; use one of {', '.join(PATCH_RULES)}")
-    if decode not in DECODERS:
-        raise VitalError(f"unknown decoder '{decode}'; use one of {', '.join(DECODERS)}")
+                     grid, out, patch, decode)
     vectors = {n: torch.as_tensor(v, dtype=torch.float32).reshape(-1, torch.as_tensor(v).shape[-1])
                for n, v in (directions or {}).items()}
     extractor = _Maps(model.module, layers, vectors)
@@ -395,7 +365,7 @@ def mine(
     rfs.update({name: rfs[base] for name, (base, _) in extractor.directions.items()})
     header = _header(model, extractor, fingerprint, size, k, n_images or k, rfs, decode)
     path = Path(out) if out is not None else None
-    saved = _open_store(path, header, resume) if path is not None else None
+    saved = open_store(path, header, resume) if path is not None else None
     if path is not None and saved is not None and saved["complete"]:
         store = MiningStore.load(path, images)
     else:
@@ -406,36 +376,3 @@ def mine(
         for name in header["layers"]:
             store.grid(name)
     return store
-
-
-def _open_store(path: Path, header: dict, resume: bool) -> dict[str, Any] | None:
-    """Prepare `path` for a store with `header`: the saved state to resume from (None: start afresh). A store
-    for anything else is an error; so is a non-empty folder that is not a store."""
-    if path.exists() and not path.is_dir():
-        raise VitalError(f"--out {path} is a file; give a folder for the mining store")
-    path.mkdir(parents=True, exist_ok=True)
-    if not (path / INDEX).is_file():
-        if any(path.iterdir()):
-            raise VitalError(f"--out {path} is a non-empty folder that is not a mining store; use an empty or new "
-                             "folder")
-        write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
-        return None
-    old = read_json(path / INDEX, "the store's index")
-    if not isinstance(old, dict) or old.get("format") != FORMAT:
-        raise VitalError(f"{path / INDEX} is not a {FORMAT} index; use another --out")
-    problem = _mismatch(path, {key: old.get(key) for key in HEADER_KEYS}, header)
-    if problem:
-        raise VitalError(problem)
-    if not resume or not (path / STATE).is_file():
-        (path / STATE).unlink(missing_ok=True)
-        (path / FILES).unlink(missing_ok=True)
-        write_json(store_index(header, 0, [], False, time.strftime("%Y-%m-%dT%H:%M:%S")), path / INDEX)
-        return None
-    try:
-        saved = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict) or not {"lists", "seen", "skipped", "created", "complete"} <= set(saved):
-            raise ValueError("not a mining checkpoint")
-    except Exception as e:
-        raise VitalError(f"{path / STATE} is damaged ({type(e).__name__}); delete the store folder and mine "
-                         "again") from e
-    return saved

@@ -21,14 +21,15 @@ import torch
 
 from vital.errors import VitalError
 from vital.io import atomic_write, write_json
-from vital.references.store import (
+from vital.references.store import MiningStore
+from vital.references.store_files import (
     FILES,
     FORMAT,
     HEADER_KEYS,
     INDEX,
     STATE,
-    MiningStore,
     final_tensors,
+    load_shard,
     store_index,
 )
 
@@ -55,21 +56,13 @@ def link_shard(root: str | os.PathLike, files: Sequence[str], folder: str | os.P
     return folder
 
 
-def _load(path: Path) -> tuple[dict, dict, list[str]]:
-    index = json.loads((path / INDEX).read_text())
-    if index.get("format") != FORMAT or not index.get("complete"):
-        raise VitalError(f"shard {path} is not a complete mining store; mine it to the end before merging")
-    state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    return index, state, json.loads((path / FILES).read_text())
-
-
 def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
                  images: str | os.PathLike) -> MiningStore:
     """Merge complete shard stores (in folder order, each over a contiguous run of the sorted files of the folder
     `images`) into one store at `out`, equal to `mine(..., images, out=out)` in one pass."""
     if not shards:
         raise VitalError("no shard stores to merge")
-    loaded = [_load(Path(p)) for p in shards]
+    loaded = [load_shard(Path(p)) for p in shards]
     first = loaded[0][0]
     for (index, _, _), path in zip(loaded[1:], shards[1:], strict=True):
         keys = [k for k in HEADER_KEYS if k != "dataset" and index[k] != first[k]]

@@ -8,9 +8,7 @@ channel's top images or patches into a `ReferenceSet`.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,7 @@ from vital.errors import VitalError
 from vital.io import atomic_write
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet, load_rgb
-
-FORMAT = "vital-mining-store/1"
-INDEX, STATE, FILES = "index.json", "topk.pt", "files.json"
-HEADER_KEYS = ("model", "weights_id", "layers", "dataset", "preprocessing", "k", "n_images")
-
-Lists = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per channel, best first: scores, image indices, boxes
+from vital.references.store_files import FILES, INDEX, STATE, read_files, read_index
 
 
 def _crop_resize(resize: int, size: int, interpolation: str):
@@ -57,36 +50,6 @@ class ModelSpaceDataset(Dataset):
         return x, i, True, str(ident) if isinstance(ident, (str, os.PathLike)) else ""
 
 
-def read_json(path: Path, what: str) -> Any:
-    """JSON from disk as a one-line error when it is unreadable or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VitalError(f"cannot read {what} {path} ({type(e).__name__}); it is damaged: mine again into a new "
-                         "folder") from e
-
-
-_TENSORS = ("image_scores", "image_index", "patch_scores", "patch_index", "patch_boxes")
-
-
-def _check_consistent(path: Path, channels: dict[str, int], k: Any, tensors: Any, files: Any) -> None:
-    """The data file belongs to this index: the same layers and channel counts, indices into the file list."""
-    bad = f"{path / STATE} does not match {path / INDEX}"
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise VitalError(f"{path / FILES} is not a list of file names; mine again into a new folder")
-    if not isinstance(tensors, dict) or set(tensors) != set(channels):
-        raise VitalError(f"{bad} (other layers: taken from another store?); mine again into a new folder")
-    for layer, c in channels.items():
-        t = tensors[layer]
-        if not isinstance(t, dict) or any(not torch.is_tensor(t.get(name)) for name in _TENSORS):
-            raise VitalError(f"{bad} (layer '{layer}' lacks its tensors); mine again into a new folder")
-        if any(t[name].shape[0] != c for name in _TENSORS) or (isinstance(k, int) and t["patch_index"].shape[1] > k):
-            raise VitalError(f"{bad} (layer '{layer}' has other shapes: taken from another store?); mine again")
-        for name in ("image_index", "patch_index"):
-            if t[name].numel() and (int(t[name].min()) < 0 or int(t[name].max()) >= len(files)):
-                raise VitalError(f"{bad} (image indices beyond its {len(files)} files); mine again into a new folder")
-
-
 class MiningStore:
     """Top images and patches per channel of the mined layers. Built by `mine`; `MiningStore.load` reopens it.
 
@@ -109,15 +72,8 @@ class MiningStore:
         path = Path(path)
         if not (path / INDEX).is_file():
             raise VitalError(f"{path} is not a mining store (no {INDEX}); create one with `vital mine`")
-        index = read_json(path / INDEX, "the store's index")
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise VitalError(f"{path / INDEX} is not a {FORMAT} index; mine again into a new folder")
-        try:
-            complete, layers, dataset = bool(index["complete"]), dict(index["layers"]), dict(index["dataset"])
-            channels = {n: int(info["channels"]) for n, info in layers.items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise VitalError(f"{path / INDEX} is damaged ({type(e).__name__}: {e}); mine again into a new "
-                             "folder") from e
+        index, channels = read_index(path)
+        complete, dataset = index["complete"], index["dataset"]
         if not complete:
             raise VitalError(f"store at {path} is incomplete ({index.get('images_processed')} of "
                              f"{dataset.get('count')} images); run `vital mine` again with the same arguments "
@@ -130,8 +86,7 @@ class MiningStore:
         except Exception as e:  # truncated, random bytes, or something that is not a store's state
             raise VitalError(f"{path / STATE} is damaged or not a mining store's data ({type(e).__name__}); mine "
                              "again into a new folder") from e
-        files = read_json(path / FILES, "the store's file list")
-        _check_consistent(path, channels, index.get("k"), tensors, files)
+        files = read_files(path, index, channels, tensors)
         return cls(index, tensors, files, path, images)
 
     @property
@@ -276,16 +231,3 @@ class MiningStore:
         path = Path(path)
         atomic_write(path, lambda f: sheet.save(f, format="PNG"))
         return path
-
-
-def final_tensors(lists: Lists, k: int, n: int) -> dict[str, torch.Tensor]:
-    scores, index, boxes = (t.cpu() for t in lists)
-    return {"image_scores": scores[:, :n].clone(), "image_index": index[:, :n].clone(),
-            "patch_scores": scores[:, :k].clone(), "patch_index": index[:, :k].clone(),
-            "patch_boxes": boxes[:, :k].clone()}
-
-
-def store_index(header: dict, seen: int, skipped: list[str], complete: bool, created: str) -> dict[str, Any]:
-    return {**header, "images_processed": seen, "skipped": skipped, "skipped_count": len(skipped),
-            "complete": complete, "files": FILES, "created": created,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
