@@ -30,7 +30,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.io import ensure_writable, write_json
+from vital.folders import ensure_writable
+from vital.io import write_json
 from vital.targets import safe_name
 
 FORMAT = "vital-atlas/1"

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from vital.evaluate import EvalTable, Visual, evaluate
-from vital.io import ensure_writable, write_json
+from vital.folders import ensure_writable
+from vital.io import write_json
 from vital.models.zoo import VisionModel
 from vital.references.images import ReferenceSet
 from vital.report import gallery_from_runs, write_gallery

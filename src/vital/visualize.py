@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vital import validate
 from vital.errors import VitalError
+from vital.folders import save_run
 from vital.io import (
     contact_sheet,
     loss_curve,
@@ -26,7 +28,6 @@ from vital.io import (
 from vital.methods import RunOptions, build_recipe, split_options
 from vital.models.zoo import VisionModel, load_model
 from vital.optimize import optimize
-from vital.outputs import save_run
 from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
 from vital.targets import Channel, Class, Direction, Target
 
@@ -54,7 +55,7 @@ class Result:
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png` into
-        `out_dir` as one folder (`vital.outputs`: written aside, then renamed into place). A folder holding another
+        `out_dir` as one folder (`vital.folders`: written aside, then renamed into place). A folder holding another
         run is replaced only with `overwrite`."""
         final = Path(out_dir).expanduser().absolute() if str(out_dir).strip() else Path("")
         written = save_run(out_dir, lambda folder: self._write(folder, sheet), overwrite)
@@ -125,6 +126,7 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
     if not targets:
         raise VitalError("no targets given")
     refs = _as_list(references, len(targets))
+    validate.reference_sets(refs)
     if len(refs) != len(targets):
         raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
     for t in targets:
