@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vital.errors import VitalError, closest
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-WNID = re.compile(r"^n\d{8}$")
 
 
 # What reading one image may raise: a missing or unreadable file, not an image, a truncated or corrupt one, or one
@@ -181,24 +179,25 @@ def class_folders(root: str | os.PathLike) -> list[Path]:
 
 def _class_folder(root: str | os.PathLike, folders: list[Path], cls: int | str) -> Path:
     """The folder of class `cls`: by name (a WordNet id or any folder name); an index is read through the
-    ImageNet class index when every folder is a WordNet id (any subset of the 1000 classes), else it is the
-    position among the sorted folders."""
+    ImageNet class index when every folder is one of the 1000 ImageNet WordNet ids (any subset of them), else it
+    is the position among the sorted folders."""
     by_name = {p.name: p for p in folders}
     if isinstance(cls, str) and not cls.isdigit():
         if cls not in by_name:
             raise VitalError(f"no class folder '{cls}' in {root}.{closest(cls, by_name)}")
         return by_name[cls]
     k = int(cls)
-    if all(WNID.match(name) for name in by_name):
-        from vital.references.wnids import IMAGENET_WNIDS
+    from vital.references.wnids import IMAGENET_WNIDS
 
-        if not 0 <= k < len(IMAGENET_WNIDS):
+    if set(by_name) <= set(IMAGENET_WNIDS):  # an ImageNet folder, whole or a subset: read by id
+        wnid = IMAGENET_WNIDS[k] if 0 <= k < len(IMAGENET_WNIDS) else None
+        if wnid is None:
             raise VitalError(f"class {k} is out of range: {root} holds WordNet-id folders of the 1000 ImageNet "
                              "classes (0-999)")
-        wnid = IMAGENET_WNIDS[k]
         if wnid not in by_name:
-            raise VitalError(f"class {k} ({wnid}) has no folder in {root}, which holds {len(folders)} WordNet-id "
-                             f"folders ({', '.join(sorted(by_name)[:3])}{' ...' if len(by_name) > 3 else ''})")
+            held = ", ".join(sorted(by_name)[:3]) + (" ..." if len(by_name) > 3 else "")
+            raise VitalError(f"class {k} ({wnid}) has no folder: out of range of the {len(folders)} class folders in "
+                             f"{root}, which are read by their ImageNet WordNet ids ({held})")
         return by_name[wnid]
     if not 0 <= k < len(folders):
         raise VitalError(f"class {k} is out of range: {root} has {len(folders)} class folders (0-{len(folders) - 1})")
