@@ -375,3 +375,21 @@ def test_cli_modules_are_small():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno + 1 <= 60, f"{path.name}: {node.name}"
+
+
+def test_compare_and_circuit_claim_their_folders(run_dir, tmp_path, capsys):
+    """Both write where they stand and are refused a second time without --overwrite; compare's table names its
+    images under --out, never under a temporary name."""
+    photos = tmp_path / "photos"
+    _png(photos / "a.png", 1)
+    compare = [a if a != "none" else photos for a in _commands(tmp_path / "cmp", run_dir)["compare"]]
+    circuit = [a if a != run_dir else photos for a in _commands(tmp_path / "circ", run_dir)["circuit"]] + ["-n", "1"]
+    for name, argv in (("compare", [*compare, "--refs-flat", "-n", "1"]), ("circuit", circuit)):
+        assert _cli(argv, capsys)[0] == 0, name
+        _refused(argv, capsys, f"holds the output of an earlier vital {name}; pass --overwrite")
+        assert _cli([*argv, "--overwrite"], capsys)[0] == 0, name
+    table = (tmp_path / "cmp" / "table.json").read_text()
+    assert ".tmp-" not in table and str(tmp_path / "cmp" / "fourier") in table
+    assert (tmp_path / "circ" / "circuit.json").is_file() and (tmp_path / "circ" / "circuit.svg").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["circ", "cmp", "photos"]
+    _refused(_commands(tmp_path / "c2", run_dir)["compare"], capsys, "compare judges every method against real")

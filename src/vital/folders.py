@@ -28,6 +28,7 @@ from typing import TypeVar
 from vital.errors import VitalError
 
 T = TypeVar("T")
+L = TypeVar("L", bound="FolderLock")
 RECORD = "record.json"
 MARKER = ".vital-output"  # in the folder of eval, report, compare, circuit and atlas: the command's name
 SUFFIX_ROOM = 40  # what the lock and temporary names add to a folder's name (".NAME.tmp-PID-HEX.old")
@@ -107,7 +108,7 @@ class FolderLock:
         self.lock = self.path.parent / f".{self.path.name}.vital-lock"
         self.held = False
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self: L) -> L:
         if self.path in _HELD:
             return self
         if self.path.exists() and not self.path.is_dir():

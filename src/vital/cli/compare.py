@@ -6,6 +6,7 @@ import argparse
 
 from vital.cli.common import add_model, add_run, device, refs
 from vital.cli.options import check
+from vital.errors import VitalError
 
 NAME = "compare"
 
@@ -38,6 +39,9 @@ def run(a: argparse.Namespace) -> int:
 
     classes = parse_range(a.classes)
     options = check(a)
+    if a.refs == "none":
+        raise VitalError("compare judges every method against real images of each class (FID, the embedding): "
+                         "pass --refs (a class folder, a folder with --refs-flat, or offline)")
     if a.clip_weights:
         check_weights_file(a.clip_weights)
     with RunFolder(a.out, a.overwrite, kind=NAME) as folder:
