@@ -87,7 +87,7 @@ def _commands(out: Path, run: Path) -> dict[str, list]:
     return {
         "eval": ["eval", run, "-m", "efficientnet_lite0", "--judges", "", "-o", out, "-q"],
         "report": ["report", run, "-o", out],
-        "compare": ["compare", "-m", "efficientnet_lite0", "--classes", "1", "--methods", "fourier", "--refs", "none",
+        "compare": ["compare", "-m", "efficientnet_lite0", "--classes", "1", "--methods", "fourier", "--refs", "offline",
                     "--judges", "", "--no-fid", "--steps", "1", "-o", out, "-q"],
         "atlas": ["atlas", out, run, "-q"],
         "circuit": ["circuit", "-m", "efficientnet_lite0", "--layer", "_blocks.2", "--channel", "0", "--refs", run,
@@ -382,7 +382,7 @@ def test_compare_and_circuit_claim_their_folders(run_dir, tmp_path, capsys):
     images under --out, never under a temporary name."""
     photos = tmp_path / "photos"
     _png(photos / "a.png", 1)
-    compare = [a if a != "none" else photos for a in _commands(tmp_path / "cmp", run_dir)["compare"]]
+    compare = [a if a != "offline" else photos for a in _commands(tmp_path / "cmp", run_dir)["compare"]]
     circuit = [a if a != run_dir else photos for a in _commands(tmp_path / "circ", run_dir)["circuit"]] + ["-n", "1"]
     for name, argv in (("compare", [*compare, "--refs-flat", "-n", "1"]), ("circuit", circuit)):
         assert _cli(argv, capsys)[0] == 0, name
@@ -392,4 +392,5 @@ def test_compare_and_circuit_claim_their_folders(run_dir, tmp_path, capsys):
     assert ".tmp-" not in table and str(tmp_path / "cmp" / "fourier") in table
     assert (tmp_path / "circ" / "circuit.json").is_file() and (tmp_path / "circ" / "circuit.svg").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["circ", "cmp", "photos"]
-    _refused(_commands(tmp_path / "c2", run_dir)["compare"], capsys, "compare judges every method against real")
+    no_refs = [a if a != "offline" else "none" for a in _commands(tmp_path / "c2", run_dir)["compare"]]
+    _refused(no_refs, capsys, "compare judges every method against real")
