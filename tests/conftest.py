@@ -95,7 +95,7 @@ def pixels(folder: Path) -> dict[str, np.ndarray]:
 
 def parse_batch_args(argv: list[str]) -> argparse.Namespace:
     """`vital batch` arguments as its parser reads them."""
-    from vital.jobs import add_batch_parser
+    from vital.cli.batch import add as add_batch_parser
 
     p = argparse.ArgumentParser()
     add_batch_parser(p.add_subparsers())

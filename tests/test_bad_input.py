@@ -25,8 +25,8 @@ import vital
 import vital.cli
 from vital.errors import VitalError
 from vital.evaluate import Visual, evaluate
+from vital.folders import RunFolder
 from vital.models import load_model
-from vital.outputs import RunFolder
 from vital.references.images import from_class_folder, from_folder
 from vital.references.mining import MiningStore, mine
 from vital.targets import Channel, Class, parse_range
@@ -409,7 +409,7 @@ def test_two_writers_and_a_stale_lock(tmp_path):
     out = tmp_path / "shared"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from vital.outputs import RunFolder
+        from vital.folders import RunFolder
         with RunFolder({str(out)!r}):
             print("held", flush=True)
             time.sleep(60)

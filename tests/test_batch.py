@@ -149,7 +149,7 @@ def test_interrupt_keeps_finished_batches_and_writes_the_summary(tmp_path, refs_
 
 
 def _script(job_args: str) -> str:
-    return (f"import sys; from vital.jobs.cli import cmd_batch, add_batch_parser; import argparse\n"
+    return (f"import sys; from vital.cli.batch import run as cmd_batch, add as add_batch_parser; import argparse\n"
             f"p = argparse.ArgumentParser(); add_batch_parser(p.add_subparsers())\n"
             f"code = cmd_batch(p.parse_args({job_args!r}.split()))\n"
             "assert 'ray' not in sys.modules, 'ray imported without --ray'\n"
@@ -194,7 +194,8 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, refs_dir):
 
 
 def test_job_file_and_flags(tmp_path, refs_dir, capsys):
-    from vital.jobs.cli import cmd_batch, job_dict
+    from vital.cli.batch import job_dict
+    from vital.cli.batch import run as cmd_batch
     from vital.jobs.spec import job_from_dict
 
     toml = tmp_path / "job.toml"

@@ -15,8 +15,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vita
 from conftest import FACTORY, class_job, noise_folder, parse_batch_args, pixels, tiny_sequential  # noqa: E402
 
 import vital  # noqa: E402
+from vital.cli.batch import run as cmd_batch  # noqa: E402
 from vital.jobs import Job, MineJob, ModelSpec, References, run_job, run_mining  # noqa: E402
-from vital.jobs.cli import cmd_batch  # noqa: E402
 from vital.references.mining import mine  # noqa: E402
 
 CRASH_DIR = "VITAL_TEST_CRASH_DIR"

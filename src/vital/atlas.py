@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from vital.circuit import CIRCUIT, Circuit, svg
 from vital.confine import inside
 from vital.errors import VitalError
-from vital.io import ensure_writable, write_json
+from vital.folders import ensure_writable
+from vital.io import write_json
 from vital.pages import STYLESHEET, asset, render, url
 from vital.record import RECORD, RunRecord
 from vital.targets import safe_name

@@ -16,7 +16,7 @@ import torch
 
 from vital.confine import relative_name
 from vital.evaluate import EvalTable, Visual, evaluate
-from vital.io import ensure_writable
+from vital.folders import ensure_writable
 from vital.models.zoo import VisionModel
 from vital.record import RunRecord
 from vital.references.images import ReferenceSet

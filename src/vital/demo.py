@@ -18,7 +18,7 @@ from torchvision.transforms.functional import to_tensor
 
 from vital import validate
 from vital.evaluate.neuron import activation_ratio, naturalness_ratio
-from vital.io import ensure_writable
+from vital.folders import ensure_writable
 from vital.models import load_model
 from vital.references.mining import mine
 from vital.references.photos import corpus_source, photo_corpus, photo_references

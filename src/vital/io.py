@@ -1,14 +1,13 @@
-"""Writing results: PNGs (SPEC's truncating uint8 conversion), RGBA transparency images, JSON run records,
-and contact sheets of visualizations beside their references."""
+"""Writing files: each one atomically (PNGs with the reference implementation's truncating uint8 conversion, RGBA
+transparency images, JSON), and contact sheets of visualizations beside their references. The folders they go
+into are claimed and swapped by `vital.folders`."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -16,30 +15,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-
-from vital.errors import VitalError
-
-
-def ensure_writable(out_dir: str | os.PathLike) -> Path:
-    """Create `out_dir` and check that files can be written there, before any long computation."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise VitalError(f"cannot write to output folder {out} ({e.strerror or e}); choose another --out") from e
-    return out
-
-
-def replace_folder(tmp: Path, final: Path) -> None:
-    """Put the complete folder `tmp` in place of `final` (which may not exist): the old one is moved aside, the new
-    one renamed in, the old one removed, so a reader finds the old folder or the new one, never a mix."""
-    old = tmp.with_name(tmp.name + ".old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def to_uint8(img01: torch.Tensor) -> np.ndarray:
@@ -98,12 +73,26 @@ def loss_curve(history: torch.Tensor, points: int = LOSS_CURVE_POINTS) -> list[f
     return history[:: max(1, len(history) // points)].mean(dim=1).tolist()
 
 
+def package_version() -> str:
+    """vital's version, from the installed package's metadata (no import of the package's `__init__`)."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return str(importlib.import_module("vital._version").__version__)
+    except (ImportError, AttributeError):
+        pass
+
+    try:
+        return version("vital")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict:
     import torchvision
 
-    from vital import __version__
-
-    return {"vital": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"vital": package_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 

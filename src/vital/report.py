@@ -195,7 +195,7 @@ def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title:
                   table: Any | None = None) -> Path:
     """Write `out_dir/report.html` (plus assets/): rows = targets, columns = methods in first-seen order.
     `table` is an `EvalTable` (columns, rows and notes), shown above the gallery with its embedding plot."""
-    from vital.io import ensure_writable
+    from vital.folders import ensure_writable
 
     out = ensure_writable(out_dir)
     assets = _Assets(out)

@@ -1,5 +1,5 @@
 """The files of a run folder: each image, its transparency map (RGBA), small copies of in-memory references, the
-run record (`vital.record`) with the list of what was written, and a contact sheet. `vital.outputs` decides where
+run record (`vital.record`) with the list of what was written, and a contact sheet. `vital.folders` decides where
 the folder goes and swaps it into place; this module only fills it."""
 
 from __future__ import annotations

@@ -15,11 +15,28 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
 
 
+def _whole(name: str, value: object) -> int:
+    """A whole number (an int or a numpy integer; not a bool, not '3'): the constructors' one rule for indices."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise VitalError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _layer(value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise VitalError(f"layer must be a dotted layer name such as 'layer4.2', got {value!r}")
+
+
 @dataclass(frozen=True)
 class Class:
     """Class neuron k. For VITAL the class enters only through its reference images (SPEC section 3)."""
 
     index: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", _whole("class index", self.index))
 
     def __str__(self) -> str:
         return f"class{self.index}"
@@ -38,6 +55,8 @@ class Channel:
     position: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        _layer(self.layer)
+        object.__setattr__(self, "channel", _whole("channel", self.channel))
         if self.position is not None:
             pos = tuple(self.position)
             if len(pos) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pos):
@@ -65,7 +84,11 @@ class Direction:
     def __post_init__(self) -> None:
         import math
 
-        vec = tuple(float(v) for v in self.vector)
+        _layer(self.layer)
+        try:
+            vec = tuple(float(v) for v in self.vector)
+        except (TypeError, ValueError) as e:
+            raise VitalError(f"a direction must be a sequence of numbers, got {self.vector!r}") from e
         if not vec or not all(math.isfinite(v) for v in vec) or not any(vec):
             raise VitalError("a direction must be a non-zero vector of finite numbers")
         object.__setattr__(self, "vector", vec)

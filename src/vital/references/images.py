@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vital.errors import VitalError, closest
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
-WNID = re.compile(r"^n\d{8}$")
 
 
 # What reading one image may raise: a missing or unreadable file, not an image, a truncated or corrupt one, or one
@@ -61,9 +59,16 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def as_path(value: object, what: str = "folder") -> Path:
+    """`value` as a path, or a one-line error naming what was expected (not Path's TypeError)."""
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    raise VitalError(f"{what} must be a path (a str or pathlib.Path), got {value!r}")
+
+
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Image files under `folder`, sorted, by extension."""
-    folder = Path(folder)
+    folder = as_path(folder, "image folder")
     try:
         if not folder.is_dir():
             raise VitalError(f"image folder {folder} does not exist or is not a folder")
@@ -90,6 +95,7 @@ class ReferenceSet:
 
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> why, filled by `load`
     hashes: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of the bytes that were read
+    spares: list[Path] = field(default_factory=list)  # the rest of a sampled folder, in seeded order: replacements
 
     def describe(self) -> list[dict]:
         """The files that were used, with SHA-256 hashes (taken when they were read, so a file that turns
@@ -113,9 +119,15 @@ class ReferenceSet:
         """Apply `transform` (PIL -> tensor) to every readable image; unreadable files are skipped with a warning
         and listed in `skipped`.
 
-        Returns (N, 3, H, W). No readable image at all is an error."""
+        A file sampled from a folder that cannot be read is replaced by the next of the folder's other files (in the
+        sample's seeded order), so a few bad files do not shrink the set. Returns (N, 3, H, W). No readable image
+        at all is an error."""
         tensors, bad = [], []
-        for p in self.files:
+        queue = list(self.files)
+        while queue:
+            p = queue.pop(0)
+            if str(p) in self.skipped:  # found unreadable by an earlier load: its replacement is in `files`
+                continue
             try:
                 digest = file_sha256(p)
                 tensors.append(transform(load_rgb(p)))
@@ -123,6 +135,9 @@ class ReferenceSet:
             except UNREADABLE as e:
                 self.skipped[str(p)] = type(e).__name__
                 bad.append(f"{p.name} ({type(e).__name__})")
+                if self.spares:
+                    self.files.append(self.spares[0])
+                    queue.append(self.spares.pop(0))
         tensors += [transform(im.convert("RGB")) for _, im in self.images]
         if bad:
             warnings.warn(f"skipped {len(bad)} unreadable reference image(s): {', '.join(bad[:5])}"
@@ -137,12 +152,17 @@ class ReferenceSet:
         return torch.stack(tensors)
 
 
-def _sample(files: Sequence[Path], n: int | None, seed: int) -> list[Path]:
+def _sample(files: Sequence[Path], n: int | None, seed: int) -> tuple[list[Path], list[Path]]:
+    """(`n` files drawn with `seed`, sorted; the others in a seeded order, the replacements of unreadable ones)."""
     files = list(files)
     if n is None or n >= len(files):
-        return files
+        return files, []
     rng = random.Random(seed)
-    return sorted(rng.sample(files, n))
+    chosen = rng.sample(files, n)
+    taken = set(chosen)
+    rest = [p for p in files if p not in taken]
+    rng.shuffle(rest)
+    return sorted(chosen), rest
 
 
 def _check_n(n: int | None) -> None:
@@ -152,37 +172,59 @@ def _check_n(n: int | None) -> None:
 
 
 def class_folders(root: str | os.PathLike) -> list[Path]:
-    """The class sub-folders of an ImageNet `train/` layout, sorted: index k is the k-th."""
-    root = Path(root)
+    """The class sub-folders of an ImageNet `train/` layout, sorted."""
+    root = as_path(root, "reference folder")
     if not root.is_dir():
         raise VitalError(f"reference folder {root} does not exist")
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
+def _class_folder(root: str | os.PathLike, folders: list[Path], cls: int | str) -> Path:
+    """The folder of class `cls`: by name (a WordNet id or any folder name); an index is read through the
+    ImageNet class index when every folder is one of the 1000 ImageNet WordNet ids (any subset of them), else it
+    is the position among the sorted folders."""
+    by_name = {p.name: p for p in folders}
+    if isinstance(cls, str) and not cls.isdigit():
+        if cls not in by_name:
+            raise VitalError(f"no class folder '{cls}' in {root}.{closest(cls, by_name)}")
+        return by_name[cls]
+    k = int(cls)
+    from vital.references.wnids import IMAGENET_WNIDS
+
+    if set(by_name) <= set(IMAGENET_WNIDS):  # an ImageNet folder, whole or a subset: read by id
+        wnid = IMAGENET_WNIDS[k] if 0 <= k < len(IMAGENET_WNIDS) else None
+        if wnid is None:
+            raise VitalError(f"class {k} is out of range: {root} holds WordNet-id folders of the 1000 ImageNet "
+                             "classes (0-999)")
+        if wnid not in by_name:
+            held = ", ".join(sorted(by_name)[:3]) + (" ..." if len(by_name) > 3 else "")
+            raise VitalError(f"class {k} ({wnid}) has no folder: out of range of the {len(folders)} class folders in "
+                             f"{root}, which are read by their ImageNet WordNet ids ({held})")
+        return by_name[wnid]
+    if not 0 <= k < len(folders):
+        raise VitalError(f"class {k} is out of range: {root} has {len(folders)} class folders (0-{len(folders) - 1})")
+    return folders[k]
+
+
 def from_class_folder(root: str | os.PathLike, cls: int | str, n: int | None = 50, seed: int = 0) -> ReferenceSet:
-    """References for class `cls` of an ImageNet-style folder: an index into the sorted class folders, or a
-    folder name such as a WordNet id (n01440764). `n` images are sampled with `seed`."""
+    """References for class `cls` of an ImageNet-style folder: a folder name such as a WordNet id (n01440764), or
+    a class index: through the ImageNet class index when the sub-folders are WordNet ids, else the position among
+    the sorted folders. `n` images are sampled with `seed`."""
     _check_n(n)
     if isinstance(cls, bool) or not isinstance(cls, (int, str)):
         raise VitalError(f"class must be an index or a folder name, got {cls!r}")
     folders = class_folders(root)
     if not folders:
         raise VitalError(f"{root} has no class sub-folders; use a plain image folder with from_folder / --refs-flat")
-    if isinstance(cls, str) and not cls.isdigit():
-        by_name = {p.name: p for p in folders}
-        if cls not in by_name:
-            raise VitalError(f"no class folder '{cls}' in {root}.{closest(cls, by_name)}")
-        folder = by_name[cls]
-    else:
-        k = cls = int(cls)
-        if not 0 <= k < len(folders):
-            raise VitalError(f"class {k} is out of range: {root} has {len(folders)} class folders (0-{len(folders) - 1})")
-        folder = folders[k]
+    folder = _class_folder(root, folders, cls)
+    if not (isinstance(cls, str) and not cls.isdigit()):
+        cls = int(cls)
     files = list_images(folder)
     if not files:
         raise VitalError(f"class folder {folder} holds no images")
     origin = {"kind": "class_folder", "root": str(Path(root).resolve()), "class": cls, "n": n, "seed": seed}
-    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n, origin=origin)
+    chosen, spares = _sample(files, n, seed)
+    return ReferenceSet(chosen, source=str(folder), requested=n, origin=origin, spares=spares)
 
 
 def from_folder(folder: str | os.PathLike, n: int | None = 50, seed: int = 0) -> ReferenceSet:
@@ -192,7 +234,8 @@ def from_folder(folder: str | os.PathLike, n: int | None = 50, seed: int = 0) ->
     if not files:
         raise VitalError(f"reference folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     origin = {"kind": "folder", "path": str(Path(folder).resolve()), "n": n, "seed": seed}
-    return ReferenceSet(_sample(files, n, seed), source=str(folder), requested=n, origin=origin)
+    chosen, spares = _sample(files, n, seed)
+    return ReferenceSet(chosen, source=str(folder), requested=n, origin=origin, spares=spares)
 
 
 def from_files(paths: Iterable[str | os.PathLike] | str | os.PathLike, n: int | None = None,

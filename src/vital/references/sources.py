@@ -116,7 +116,12 @@ def source_for(images: Any) -> TarShards | HFImages | None:
     """The source `images` names, when it is not a folder of image files: a .tar shard, a list of them, a folder
     of .tar shards only, or a folder saved by `datasets`; None for a plain image folder."""
     if isinstance(images, (list, tuple)):
+        if not all(isinstance(p, (str, os.PathLike)) for p in images):
+            raise VitalError(f"images must be a folder, a .tar shard or a list of shards, got {images!r}"[:300])
         return TarShards([Path(p) for p in images])
+    if not isinstance(images, (str, os.PathLike)):
+        raise VitalError(f"images must be a folder, a .tar shard, a list of shards or a Dataset, got "
+                         f"{type(images).__name__} {images!r}"[:300])
     path = Path(images)
     if path.is_file() and path.suffix == ".tar":
         return TarShards([path])

@@ -1,17 +1,22 @@
-"""`vital batch`: a job file (TOML) and/or flags; flags override the file. Registered by `add_batch_parser`."""
+"""`vital batch`: a job file (TOML) and/or flags; flags override the file. The whole job (model, weights, layers,
+channel ranges, references) is checked before the output folder is touched, and the folder is locked like a run's."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from vital.cli.options import add_option_flags, given
 from vital.errors import VitalError
 from vital.references.spec import ReferenceSpec
 
+NAME = "batch"
+TOP_LEVEL = frozenset({"steps", "setting", "seed"})  # job-level keys; every other option goes to [options]
 
-def add_batch_parser(sub) -> argparse.ArgumentParser:
+
+def add(sub) -> argparse.ArgumentParser:
     """Register `vital batch` on the sub-parsers of the main command line."""
-    p = sub.add_parser("batch", help="many targets (or a large mining pass): batched, resumable, optionally on Ray",
+    p = sub.add_parser(NAME, help="many targets (or a large mining pass): batched, resumable, optionally on Ray",
                        description="Run every target of a job in memory-sized batches, resumably, into --out; "
                                    "or mine an image folder in shards (--mine). Flags override the job file.")
     p.add_argument("job", nargs="?", help="job file (TOML): model, targets, method, [references], [options], "
@@ -32,12 +37,11 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     r.add_argument("--refs-flat", action="store_true", help="--refs is one folder shared by every target")
     r.add_argument("--ref-kind", default=None, choices=("images", "patches"), help="from a mining store")
     r.add_argument("-n", type=int, default=None, help="references per target (default 50)")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--method", default=None, help="vital (default), maco, fourier, pixel, deepinversion")
+    o = p.add_argument_group("the job's loop")
     o.add_argument("--steps", type=int, default=None)
     o.add_argument("--setting", type=int, default=None, choices=(0, 1, 2))
     o.add_argument("--seed", type=int, default=None)
-    o.add_argument("--relevance", default=None, help="channels: lrp, lrp-restricted, guided-backprop or none")
+    add_option_flags(p, method_default=None, skip=TOP_LEVEL)
     s = p.add_argument_group("speed")
     s.add_argument("--batch-size", type=int, default=None, help="targets per batch (default: sized to the device)")
     s.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory layout")
@@ -54,7 +58,7 @@ def add_batch_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--out", "-o", required=True, help="output folder (resumed if it holds the same job)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_batch)
+    p.set_defaults(func=run)
     return p
 
 
@@ -87,28 +91,31 @@ def job_dict(a: argparse.Namespace) -> dict[str, Any]:
         refs.update(ReferenceSpec.flag_fields(a.refs, a.refs_flat, "classes" in d.get("targets", {})))
     _set(refs, "kind", a.ref_kind)
     _set(refs, "n", a.n)
-    _set(d.setdefault("options", {}), "relevance", a.relevance)
+    d.setdefault("options", {}).update(given(a, skip=TOP_LEVEL))
     speed = d.setdefault("speed", {})
     for key in ("channels_last", "autocast", "compile"):
         _set(speed, key, getattr(a, key))
     return d
 
 
-def cmd_batch(a: argparse.Namespace) -> int:
-    from vital.jobs.spec import Job, job_from_dict
+def run(a: argparse.Namespace) -> int:
+    from vital.folders import FolderLock
+    from vital.jobs.spec import Job, job_from_dict, preflight
 
     if a.retries < 0:
         raise VitalError(f"--retries must be at least 0, got {a.retries}")
     job = job_from_dict(job_dict(a))
-    if isinstance(job, Job):
-        from vital.jobs.runner import run_job, summary_lines
+    preflight(job)  # before the output folder exists: a bad job writes nothing
+    with FolderLock(a.out):  # one writer per folder, as for runs: a second identical batch is refused
+        if isinstance(job, Job):
+            from vital.jobs.runner import run_job, summary_lines
 
-        summary = run_job(job, a.out, ray=a.ray, retries=a.retries, progress=not a.quiet)
-        print("\n".join(summary_lines(summary, a.out)))
-        return 0 if not summary["failed"] else 1
-    from vital.jobs.mining_job import run_mining
+            summary = run_job(job, a.out, ray=a.ray, retries=a.retries, progress=not a.quiet)
+            print("\n".join(summary_lines(summary, a.out)))
+            return 0 if not summary["failed"] else 1
+        from vital.jobs.mining_job import run_mining
 
-    store, summary = run_mining(job, a.out, ray=a.ray, retries=a.retries, progress=not a.quiet)
+        store, summary = run_mining(job, a.out, ray=a.ray, retries=a.retries, progress=not a.quiet)
     print(f"mined {summary['images']} images in {summary['shards']} shard(s) ({summary['shards_run']} run now) in "
           f"{summary['seconds']:.1f}s: store {store.path} (layers {', '.join(store.layers)})")
     return 0

@@ -1,0 +1,133 @@
+"""The optimisation flags, generated from the option dataclasses (`RunOptions` and each registered method's own,
+e.g. `VitalOptions`), so a new option appears on the command line, is checked and reaches `visualize` without
+being listed again here. Only the help texts (and the few choices argparse should show) are written by hand."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import Field, fields
+from typing import Any
+
+from vital.errors import VitalError
+
+# fields that are not flags: the progress bar is --quiet, the diversity layer follows the target
+HIDDEN = {"progress", "diversity_layer"}
+
+HELP: dict[str, str] = {
+    "steps": "iterations (default per setting: 2000; setting 2: 20000)",
+    "setting": "0: 112px then 224px stages, 1: one 224px stage (default), 2: long run, other Adam betas",
+    "seed": "seed of the initial image and of the reference sample (default 0)",
+    "jitter": "max circular shift in px (VITAL default 30)",
+    "flip": "random horizontal flips",
+    "lr": "Adam learning rate (VITAL default 1.0)",
+    "warmup": "warmup steps (default 100)",
+    "copies": "images per target, optimised together (default 1)",
+    "diversity": "weight of the diversity term among a target's copies (lucent's; e.g. 0.5 with --copies 3)",
+    "layers": "matched layers, comma-separated (default: preset)",
+    "layer_weights": "one weight per matched layer, comma-separated",
+    "feat_dist": "a factor on every layer weight (default 1)",
+    "relevance": "channels: relevance of the target that weights the alignment: lrp (default), lrp-restricted, "
+                 "guided-backprop or none",
+    "mask": "channels: reference: align to the references' relevance-weighted distributions (default); "
+            "multiply: the authors' per-step masks of the image's features",
+    "target_weight": "channels: weight of matching the target channel's own distribution (default 0)",
+    "unweighted": "channels: weight of plain alignment beside the relevance-weighted one (default 1)",
+    "param": "channels: image parameterization, fourier (default) or pixel (the paper's)",
+    "magnitude": "maco: a magnitude spectrum file (default: the references' mean amplitude spectrum)",
+    "crops": "maco: random crops per image and step (default 4)",
+    "bn_weight": "deepinversion: weight of the BatchNorm statistics term (default 0.01)",
+}
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{s}'") from e
+
+
+def names(s: str) -> list[str]:
+    """A comma-separated list of names; an empty one (`--layers ,`) is an error, never 'the default'."""
+    names = [v.strip() for v in s.split(",") if v.strip()]
+    if not names:
+        raise VitalError(f"'{s}' names no layer; give comma-separated names (see `vital layers MODEL`) or leave the "
+                         "flag out for the preset's")
+    return names
+
+
+class _Names(str):
+    """A raw names value, turned into a list (or a one-line error) when the command runs, not by argparse."""
+
+
+def _kind(f: Field) -> dict[str, Any]:
+    """argparse keyword arguments for a dataclass field, from its type (a string under postponed annotations, else
+    a type whose text is the same): numbers, flags, names and number lists."""
+    text = str(f.type)
+    if "bool" in text:
+        return {"action": "store_true"}
+    if "Sequence[float]" in text:
+        return {"type": _floats, "metavar": "W,W,..."}
+    if "Sequence[str]" in text:
+        return {"type": _Names, "metavar": "NAME,NAME,..."}
+    if "int" in text and "float" not in text:
+        return {"type": int}
+    if "float" in text:
+        return {"type": float}
+    return {"type": str}
+
+
+def option_fields() -> list[tuple[str, list[Field]]]:
+    """(group title, fields) for the loop's options and each registered method's own, each field once."""
+    from vital.methods import METHODS, RunOptions
+
+    groups = [("optimisation", [f for f in fields(RunOptions) if f.name not in HIDDEN])]
+    seen = {f.name for f in fields(RunOptions)}
+    for name, method in sorted(METHODS.items(), key=lambda kv: kv[0] != "vital"):
+        own = [f for f in fields(method.options) if f.name not in seen]
+        seen |= {f.name for f in own}
+        if own:
+            groups.append((f"{name} options", own))
+    return groups
+
+
+def add_option_flags(p: argparse.ArgumentParser, method_default: str | None = "vital",
+                     skip: frozenset[str] = frozenset()) -> None:
+    """--method and one flag per option field (but those in `skip`); every default is None ("the method's
+    default")."""
+    p.add_argument("--method", default=method_default, help="vital (default), maco, fourier, pixel, deepinversion")
+    for title, group_fields in option_fields():
+        g = p.add_argument_group(title)
+        for f in group_fields:
+            if f.name in skip:
+                continue
+            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=HELP.get(f.name),
+                           **_kind(f))
+
+
+def given(a: argparse.Namespace, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The option flags given on the command line (not None), with names lists read and checked."""
+    out: dict[str, Any] = {}
+    for _, group_fields in option_fields():
+        for f in group_fields:
+            v = getattr(a, f.name, None)
+            if isinstance(v, _Names):
+                v = names(v)
+            if f.name not in skip and v is not None:
+                out[f.name] = v
+    return out
+
+
+def collect(a: argparse.Namespace) -> dict[str, Any]:
+    """The options of a run given on the command line, and the progress bar unless --quiet."""
+    return {**given(a), "progress": not getattr(a, "quiet", False)}
+
+
+def check(a: argparse.Namespace) -> dict[str, Any]:
+    """Every number and choice of the run, checked before any model or reference is loaded; returns the options
+    for `visualize`."""
+    from vital.methods import RunOptions, split_options
+
+    options = collect(a)
+    run, _ = split_options(a.method, options)
+    RunOptions(**run)
+    return options

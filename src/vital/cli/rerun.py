@@ -1,0 +1,30 @@
+"""`vital rerun`: repeat a run from its record (same model, targets, options, seed, references)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vital.cli.common import print_outputs
+
+NAME = "rerun"
+
+
+def add(sub) -> None:
+    rr = sub.add_parser(NAME, help="repeat a run from its record.json (same model, targets, options, seed, refs)")
+    rr.add_argument("record", help="record.json or the run folder holding it")
+    rr.add_argument("--out", "-o", required=True)
+    rr.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    rr.add_argument("--device", default=None)
+    rr.add_argument("--weights", default=None, help="weights file, when the recorded one is elsewhere")
+    rr.add_argument("--quiet", "-q", action="store_true")
+    rr.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from vital.folders import RunFolder
+    from vital.rerun import rerun
+
+    with RunFolder(a.out, a.overwrite):
+        result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)
+        print_outputs(result, result.save(a.out, overwrite=a.overwrite))
+    return 0
