@@ -97,18 +97,3 @@ def targets_fit(model: Any, targets: Sequence[Any]) -> None:
         if isinstance(t, Direction) and len(t.vector) != n:
             raise VitalError(f"direction {t.name or ''} has {len(t.vector)} values but layer '{t.layer}' has {n} "
                              "channels: give one value per channel")
-
-
-def reference_sets(references: Sequence[Any]) -> None:
-    """Each entry is a `ReferenceSet` or None; a path is refused with the call that reads it."""
-    import os
-
-    from vital.references.images import ReferenceSet
-
-    for r in references:
-        if r is None or isinstance(r, ReferenceSet):
-            continue
-        hint = (f"; read a folder with vital.references.from_folder({str(r)!r})" if isinstance(r, (str, os.PathLike))
-                else "")
-        raise VitalError(f"references must be ReferenceSet objects (or None), got {type(r).__name__} {r!r}"[:300]
-                         + hint)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from vital import validate
 from vital.errors import VitalError
 from vital.folders import save_run
 from vital.io import loss_curve, transparency_rgba, versions
@@ -125,7 +124,7 @@ def _checked_batch(model: VisionModel, targets: Target | Sequence[Target],
     if not targets:
         raise VitalError("no targets given")
     refs = _as_list(references, len(targets))
-    validate.reference_sets(refs)
+    _check_reference_sets(refs)
     if len(refs) != len(targets):
         raise VitalError(f"{len(targets)} targets but {len(refs)} reference sets; give one per target or one for all")
     for t in targets:
@@ -164,3 +163,14 @@ def _label(model: VisionModel, t: Target) -> str:
     if isinstance(t, Class):
         return f"{t.index}: {model.class_name(t.index)}"
     return str(t)
+
+
+def _check_reference_sets(references: Sequence[object]) -> None:
+    """Each entry is a `ReferenceSet` or None; a path is refused with the call that reads it."""
+    for r in references:
+        if r is None or isinstance(r, ReferenceSet):
+            continue
+        hint = (f"; read a folder with vital.references.from_folder({str(r)!r})" if isinstance(r, (str, os.PathLike))
+                else "")
+        raise VitalError(f"references must be ReferenceSet objects (or None), got {type(r).__name__} {r!r}"[:300]
+                         + hint)
