@@ -15,13 +15,13 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import venv
 import zipfile
 from email.parser import Parser
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.package
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vital import display
 from vital.errors import VitalError
 from vital.io import (
     contact_sheet,
@@ -51,6 +52,9 @@ class Result:
 
     def transparency(self, i: int):
         return transparency_rgba(self.images[i], self.grad_accumulator[i])
+
+    def _repr_html_(self) -> str:  # Jupyter: images, transparency maps and references side by side
+        return display.result_html(self)
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), `record.json` and `contact_sheet.png` into
