@@ -1,4 +1,4 @@
-"""Writing results: PNGs (SPEC's truncating uint8 conversion), RGBA transparency images, JSON run records,
+"""Writing results: PNGs (the authors' truncating uint8 conversion), RGBA transparency images, JSON run records,
 and contact sheets of visualizations beside their references."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relevance of one target channel per sample, captured at named layers (SPEC §4, with the defects of §7 fixed).
+"""Relevance of one target channel per sample, captured at named layers (arXiv 2503.22399, method section; docs/concepts/relevance.md).
 
 `RelevanceEngine` analyses the model once: it builds the execution chain up to the target layer, assigns a rule to
 every step and resolves the requested layers by name. A call is one forward of the truncated network that keeps

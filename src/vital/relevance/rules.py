@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-5  # default stabiliser of every z / z+ denominator (SPEC §8); rho's epsilon too
+EPS = 1e-5  # default stabiliser of every z / z+ denominator (as the authors' code); rho's epsilon too
 
 
 class Step:
@@ -238,7 +238,7 @@ class Conv(Step):
 
 
 class Linear(Step):
-    """Linear by the z+ rule with the bias zeroed (SPEC §4)."""
+    """Linear by the z+ rule with the bias zeroed (as the authors' code)."""
 
     def __init__(self, name: str | None, linear: nn.Linear):
         self.name, self.linear = name, linear
@@ -264,7 +264,7 @@ class Linear(Step):
 
 class Pool(Step):
     """Average pooling by the z rule; MaxPool2d is replayed exactly but its relevance is redistributed as by an
-    AvgPool2d of the same kernel, stride and padding (SPEC §4). Only the positive part of the input receives
+    AvgPool2d of the same kernel, stride and padding (as the authors' code). Only the positive part of the input receives
     relevance, which is the plain z rule for the usual non-negative input and keeps z > 0 otherwise."""
 
     def __init__(self, name: str | None, fn, kernel, stride, padding, ceil_mode: bool = False,
