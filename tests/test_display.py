@@ -105,6 +105,16 @@ def test_store_shows_summary_and_top_patches(tmp_path):
         assert np.abs(first - _square(patches[0], tile).astype(int)).max() <= 1
 
 
+def test_store_whose_images_moved_shows_summary_and_the_fix(tmp_path):
+    vital.mine(_model(), ["stage1.1"], noise_folder(tmp_path / "imgs", 4), k=2, out=tmp_path / "store",
+               progress=False)
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    page = Page(vital.MiningStore.load(tmp_path / "store")._repr_html_())
+    assert page.images() == []
+    text = " ".join(page.text)
+    assert "stage1.1 (12 channels)" in text and "MiningStore.load(path, images=FOLDER)" in text
+
+
 def test_eval_table_is_an_escaped_html_table():
     table = EvalTable(columns=["top-1", EVIL], rows={"vital": {"top-1": 80.0, EVIL: None}, EVIL: {"top-1": 12.5}},
                       notes=[f"note {EVIL}"])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from vital.errors import VitalError
 from vital.io import checkerboard, to_uint8
 from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
 
@@ -103,12 +104,16 @@ def store_html(store: MiningStore, channels: int = STORE_CHANNELS, patches: int 
     if layers:
         layer = next(iter(layers))
         rows = []
-        for c in range(min(channels, int(layers[layer]["channels"]))):
-            crops = [im for _, im in store.references(layer, c, kind="patches", n=patches).images]
-            rows.append(f"<tr><th>{html.escape(layer)}:{c}</th><td>"
-                        f"{img_tag(strip(crops), f'{layer}:{c}: top {len(crops)} patches')}</td></tr>")
-        grid = (f'<table class="vital-store-grid"><caption>top patches of {html.escape(layer)}</caption>'
-                f"{''.join(rows)}</table>")
+        try:
+            for c in range(min(channels, int(layers[layer]["channels"]))):
+                crops = [im for _, im in store.references(layer, c, kind="patches", n=patches).images]
+                rows.append(f"<tr><th>{html.escape(layer)}:{c}</th><td>"
+                            f"{img_tag(strip(crops), f'{layer}:{c}: top {len(crops)} patches')}</td></tr>")
+        except VitalError as e:  # the images moved: the summary still shows, with the fix in place of the grid
+            grid = f'<p class="vital-store-note">{html.escape(str(e))}</p>'
+        else:
+            grid = (f'<table class="vital-store-grid"><caption>top patches of {html.escape(layer)}</caption>'
+                    f"{''.join(rows)}</table>")
     return f'<div class="vital-store"><table class="vital-store-summary">{summary}</table>{grid}</div>'
 
 
