@@ -1,8 +1,7 @@
 """vital: feature visualization by distribution alignment (VITAL, ICCV 2025), with baselines, metrics and a gallery."""
 
-__version__ = "0.1.0"
-
 from vital import references  # noqa: E402
+from vital._version import __version__ as __version__  # from the installed metadata
 from vital.errors import VitalError  # noqa: E402
 from vital.evaluate import evaluate  # noqa: E402  (use `from vital.evaluate.fid import fid` for submodules)
 from vital.models import load_model  # noqa: E402

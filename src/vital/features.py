@@ -220,7 +220,7 @@ def upstream_of(model: nn.Module, target: str, candidates: Sequence[str], size: 
                 rows: Sequence[LayerRow] | None = None) -> list[str]:
     """The candidates whose output is complete before the target's output is, in the given order (the execution
     order of one forward at `size` px, or of `rows` from `layer_table`). The target itself and the containers that
-    hold it are not upstream: only these layers can be weighted by the target's relevance."""
+    hold it are not upstream: only these layers can be weighted by the target's relevance (docs/concepts/relevance.md)."""
     resolve_modules(model, [target, *candidates])
     if rows is None:
         p = next(model.parameters(), None)

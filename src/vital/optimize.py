@@ -56,7 +56,7 @@ SETTING_DEFAULT_STEPS = {0: 2000, 1: 2000, 2: 20000}
 
 
 def setting(setting_id: int, steps: int | None = None) -> dict:
-    """Stages, Adam betas and clipping of the paper's settings (arXiv 2503.22399). `steps` overrides the length: for setting 0 it
+    """Stages, Adam betas and clipping of the authors' settings 0-2 (arXiv 2503.22399, experiments section). `steps` overrides the length: for setting 0 it
     is the low-resolution stage, followed by half as many full-resolution steps (2000 + 1000 by default)."""
     if setting_id not in SETTING_DEFAULT_STEPS:
         raise VitalError(f"setting must be 0, 1 or 2, got {setting_id}")

@@ -31,7 +31,7 @@ def _layer(value: object) -> None:
 
 @dataclass(frozen=True)
 class Class:
-    """Class neuron k. For VITAL the class enters only through its reference images (SPEC section 3)."""
+    """Class neuron k. For VITAL the class enters only through its reference images (arXiv 2503.22399, method section; docs/concepts/sort-matching.md)."""
 
     index: int
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from vital import display
 from vital.errors import VitalError
 from vital.folders import save_run
 from vital.io import loss_curve, transparency_rgba, versions
@@ -55,6 +56,9 @@ class Result:
         run = None if self.run is None else self.run.select(i, loss_curve(history), batch)
         return Result(self.images[i:i + 1], self.grad_accumulator[i:i + 1], history, [self.targets[i]],
                       [self.labels[i]], [self.references[i]], run)
+
+    def _repr_html_(self) -> str:  # Jupyter: images, transparency maps and references side by side
+        return display.result_html(self)
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), the run record and `contact_sheet.png` into

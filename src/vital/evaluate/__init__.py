@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vital import display
 from vital.errors import VitalError
 from vital.evaluate.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
 from vital.evaluate.clip import ClipResult, clip_zero_shot
@@ -78,6 +79,9 @@ class EvalTable:
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return (f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
                 + (f'<ul class="notes">{notes}</ul>' if notes else ""))
+
+    def _repr_html_(self) -> str:  # Jupyter: the table as HTML
+        return display.table_html(self)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         path = Path(path)

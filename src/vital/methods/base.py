@@ -147,7 +147,7 @@ def build_recipe(method: str, model: VisionModel, targets: Sequence[Target],
 
 # ---- shared by the recipes ---------------------------------------------------------------------------------------
 
-LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # the paper's settings (arXiv 2503.22399)
+LOOP_DEFAULTS = {"lr": 1.0, "jitter": 30, "flip": False, "warmup": 100}  # the authors' defaults (arXiv 2503.22399, experiments section)
 PRIOR_NAMES = ("tv_l2", "tv_l1", "l2")
 
 

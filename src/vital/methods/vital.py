@@ -74,9 +74,9 @@ class VitalOptions:
 NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
                    "param": "fourier"}
 FAITHFUL = {"relevance": "lrp", "mask": "multiply", "target_weight": 0.0, "unweighted": 0.0, "param": "pixel"}
-NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the paper's inner defaults
+NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the authors' intermediate-neuron defaults
 FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
-STEM_WEIGHT = 0.1  # the paper down-weights the stem for neurons (w0 = 0.1)
+STEM_WEIGHT = 0.1  # as the authors' code: the stem is down-weighted for neurons (w0 = 0.1)
 
 
 def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:

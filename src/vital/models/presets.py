@@ -1,6 +1,6 @@
 """One table of per-architecture settings: which layers VITAL matches, their weights, and prior strengths.
 
-The paper's rows (resnet50, densenet121, convnext_base, vit_l_16, vit_l_32) are SPEC section 3. Rows of our own
+The paper's rows (resnet50, densenet121, convnext_base, vit_l_16, vit_l_32) come from its experiments (arXiv 2503.22399). Rows of our own
 (vit_b_*, mobilenet_v2, efficientnet_lite*) follow the same pattern: the stem plus the end of each resolution stage
 (CNNs), or the patch embedding plus four encoder layers spread over the depth (ViTs). A row is found by
 architecture (module types and structure, `architecture`), not by name, so a torchvision densenet121 passed as a

@@ -1,5 +1,5 @@
 """VITAL's objective: sort-matching of the image's feature distributions against those of real references, per
-sample, optionally weighted by the relevance of a target channel (arXiv 2503.22399, with the defects of the authors' code fixed).
+sample, optionally weighted by the relevance of a target channel (arXiv 2503.22399, method section; docs/concepts/relevance.md).
 
     L_b = sum_l w_l * SM(phi_l(x_b), q_l(b); importance_l(b))  [+ w_t * SM(A_t[c_b](x_b), q_t(b))]
 

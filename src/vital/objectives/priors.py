@@ -1,4 +1,4 @@
-"""Image priors (arXiv 2503.22399), per sample of a batch so that batched runs equal single runs."""
+"""Image priors (arXiv 2503.22399, method section), per sample of a batch so that batched runs equal single runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sort-matching (arXiv 2503.22399): per channel, the 1-D Wasserstein-2 distance between the synthetic feature values
+"""Sort-matching (arXiv 2503.22399, method section; docs/concepts/sort-matching.md): per channel, the 1-D Wasserstein-2 distance between the synthetic feature values
 over positions and the barycenter (averaged quantiles) of the references' values.
 
 With rank(i) the rank of value i among its channel's positions and q the sorted prototype, the loss of a channel is

@@ -1,4 +1,4 @@
-"""Raw pixels in the model's normalised input space (arXiv 2503.22399): N(0,1) init, clamped to valid pixels."""
+"""Raw pixels in the model's normalised input space (the authors' setting, arXiv 2503.22399, method section): N(0,1) init, clamped to valid pixels."""
 
 from __future__ import annotations
 

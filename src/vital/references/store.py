@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vital import display
 from vital.errors import VitalError
 from vital.io import atomic_write
 from vital.models.zoo import VisionModel
@@ -92,6 +93,9 @@ class MiningStore:
     @property
     def layers(self) -> list[str]:
         return list(self.index["layers"])
+
+    def _repr_html_(self) -> str:  # Jupyter: what was mined and a grid of top patches
+        return display.store_html(self)
 
     def check(self, model: VisionModel, layer: str, channel: int | None = None) -> None:
         """Raise a VitalError unless this store was mined for `model` (name and weights), has `layer` and,

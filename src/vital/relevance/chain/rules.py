@@ -209,7 +209,7 @@ class Conv(Step):
 
 
 class Linear(Step):
-    """Linear by the z+ rule with the bias zeroed (arXiv 2503.22399)."""
+    """Linear by the z+ rule with the bias zeroed (as the authors' code)."""
 
     def __init__(self, name: str | None, linear: nn.Linear):
         self.name, self.linear = name, linear
@@ -235,7 +235,7 @@ class Linear(Step):
 
 class Pool(Step):
     """Average pooling by the z rule; MaxPool2d is replayed exactly but its relevance is redistributed as by an
-    AvgPool2d of the same kernel, stride and padding (arXiv 2503.22399). Only the positive part of the input receives
+    AvgPool2d of the same kernel, stride and padding (as the authors' code). Only the positive part of the input receives
     relevance, which is the plain z rule for the usual non-negative input and keeps z > 0 otherwise."""
 
     def __init__(self, name: str | None, fn, kernel, stride, padding, ceil_mode: bool = False,
