@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,13 +45,11 @@ import vital
 from vital.evaluate.embedding import penultimate_features
 from vital.evaluate.fid import InceptionFeatures
 from vital.evaluate.neuron import channel_spatial_max, high_frequency_share, retrieval_from_features
-from vital.io import to_uint8
 from vital.references.photos import corpus_source, offline_photo_files, photo_corpus
 
-try:
-    from intervals import KIDBootstrap, bootstrap
-except ImportError:  # imported as bench.quality_neuron
-    from bench.intervals import KIDBootstrap, bootstrap
+sys.path.insert(0, str(Path(__file__).parent))
+from intervals import KIDBootstrap, bootstrap  # noqa: E402
+from sheets import grid  # noqa: E402
 
 # name -> (method, options): the library's default for channels, then one change from it each.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -193,25 +192,6 @@ def fmt(v: tuple[float, float, float], digits: int = 2, pct: bool = False) -> st
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
 
-def comparison(path: Path, rows: list[tuple[str, int]], columns: dict[str, list[torch.Tensor]], thumb: int = 96) -> None:
-    """A row per neuron, a column per method (then references): a small JPEG contact sheet."""
-    from PIL import ImageDraw
-
-    names, pad, head = list(columns), 3, 14
-    sheet = Image.new("RGB", (len(names) * (thumb + pad) + pad, head + len(rows) * (thumb + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for j, label in enumerate(names):
-        draw.text((pad + j * (thumb + pad), 1), label[:16], fill="black")
-    for i, (layer, c) in enumerate(rows):
-        y = head + i * (thumb + pad)
-        for j, n in enumerate(names):
-            tile = Image.fromarray(to_uint8(columns[n][i])).resize((thumb, thumb), Image.Resampling.BICUBIC)
-            sheet.paste(tile, (pad + j * (thumb + pad), y))
-        draw.text((pad + 2, y + 2), f"{layer.split('.')[-1]}:{c}", fill="red")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, quality=85)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -297,7 +277,9 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if a.sheet:
         cols = [c for c in (a.sheet_methods or a.methods).split(",") if c in sheet_cols]
-        comparison(Path(a.sheet), sheet_rows, {c: sheet_cols[c] for c in [*cols, "ref (opt half)", "held-out ref"]})
+        cols += ["ref (opt half)", "held-out ref"]
+        grid(Path(a.sheet), [[sheet_cols[c][i] for c in cols] for i in range(len(sheet_rows))], cols,
+             [f"{layer.split('.')[-1]}:{c}" for layer, c in sheet_rows])
     print(f"wall {time.perf_counter() - t_start:.0f} s; numbers: {out / 'results.json'}")
 
 

@@ -204,7 +204,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Channel | Direction],
     layer_w = [float(v) * opts.feat_dist for v in w]
     objective: Term
     if chosen["sliced"]:
-        objective = SlicedAlignment(model, upstream, layer_w, references, sliced=chosen["sliced"],  # type: ignore[arg-type]
+        objective = SlicedAlignment(model, upstream, layer_w, references, sliced=chosen["sliced"],
                                     projections=opts.projections, seed=run.seed, **alignment)
         chosen["projections"] = opts.projections or "channels"
     else:
