@@ -117,11 +117,15 @@ def load01(refset, size: int) -> torch.Tensor:
     return refset.load(lambda im: to_tensor(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)))
 
 
+def run_cache(out: Path, name: str, layer: str, steps: int, warmup: int, size: int) -> Path:
+    return out / "runs" / name / f"{layer.replace('.', '_')}_{steps}_w{warmup}_{size}.pt"
+
+
 def run_method(model, layer, channels, refs, name, steps, warmup, out: Path) -> dict:
     """Images and seconds of one method on one layer's neurons, one batch (cached on disk)."""
-    cache = out / "runs" / name / f"{layer.replace('.', '_')}_{steps}_w{warmup}_{model.size}.pt"
+    cache = run_cache(out, name, layer, steps, warmup, model.size)
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=False)
     method, options = METHODS[name]
     t0 = time.perf_counter()
     res = vital.visualize(model, [vital.Channel(layer, c) for c in channels], refs, method=method, steps=steps,
@@ -134,32 +138,43 @@ def run_method(model, layer, channels, refs, name, steps, warmup, out: Path) -> 
 
 
 class LayerJudge:
-    """The held-out side of every metric for one layer's neurons, computed once."""
+    """The held-out side of every metric for one layer's neurons: per held-out image its channel's spatial max, its
+    judge embedding, its HF share and its Inception features, computed once and kept on disk (`cache`)."""
 
-    def __init__(self, model, judge, inception, layer, channels, held01):
+    def __init__(self, model, judge, inception, layer, channels, held01, cache: Path):
         self.model, self.judge, self.inception, self.layer, self.channels = model, judge, inception, layer, channels
-        self.held01 = held01
-        self.medians = np.array([float(channel_spatial_max(model, layer, c, r).median())
-                                 for c, r in zip(channels, held01, strict=True)])
-        self.embeddings = [penultimate_features(judge, r) for r in held01]
-        self.hf_refs = np.array([high_frequency_share(r).mean() for r in held01])
-        self.ref_inception = inception(torch.cat(held01))
+        key = {"layer": layer, "channels": list(channels), "n": [len(h) for h in held01]}
+        saved = torch.load(cache, weights_only=False) if cache.is_file() else None
+        if saved is None or saved["key"] != key:
+            saved = {"key": key,
+                     "smax": [channel_spatial_max(model, layer, c, h).numpy() for c, h in zip(channels, held01, strict=True)],
+                     "emb": [penultimate_features(judge, h) for h in held01],
+                     "hf": [high_frequency_share(h) for h in held01],
+                     "inception": [inception(h) for h in held01]}
+            torch.save(saved, cache)
+        self.held = saved
 
-    def per_neuron(self, images: torch.Tensor, held01=None) -> dict:
-        """Per-neuron values: activation ratio, retrieval hit, HF of the image and of its references; and the
-        images' Inception features. `held01` replaces the judging sets (for the held-out ceiling row)."""
-        held = self.held01 if held01 is None else held01
-        medians = self.medians if held01 is None else np.array(
-            [float(channel_spatial_max(self.model, self.layer, c, r).median()) for c, r in zip(self.channels, held, strict=True)])
-        emb = self.embeddings if held01 is None else [penultimate_features(self.judge, r) for r in held]
-        hf_refs = self.hf_refs if held01 is None else np.array([high_frequency_share(r).mean() for r in held])
+    def per_neuron(self, images: torch.Tensor, skip_first: bool = False) -> dict:
+        """Per-neuron values of one image per neuron: activation ratio, retrieval hit, HF of the image and of its
+        held-out set; and Inception features of images and of the held-out sets. `skip_first` judges against each
+        held-out set without its top patch (the held-out ceiling row, whose image is that patch)."""
+        s = 1 if skip_first else 0
+        h = self.held
+        medians = np.array([float(np.median(m[s:])) for m in h["smax"]])
         acts = np.array([float(channel_spatial_max(self.model, self.layer, c, images[i:i + 1])[0])
                          for i, c in enumerate(self.channels)]) / medians
-        ret = retrieval_from_features(penultimate_features(self.judge, images), emb)
-        ref_feats = self.ref_inception if held01 is None else self.inception(torch.cat(held))
+        ret = retrieval_from_features(penultimate_features(self.judge, images), [e[s:] for e in h["emb"]])
         return {"activation": acts, "hit": np.array([r == 1 for r in ret.ranks], float), "ranks": ret.ranks,
-                "hf": high_frequency_share(images), "hf_refs": hf_refs, "inception": self.inception(images),
-                "ref_inception": ref_feats}
+                "hf": high_frequency_share(images), "hf_refs": np.array([f[s:].mean() for f in h["hf"]]),
+                "inception": self.inception(images), "ref_inception": np.concatenate([f[s:] for f in h["inception"]])}
+
+
+def judged(lj: LayerJudge, run: dict, cache: Path, key: str) -> dict:
+    """`lj.per_neuron(run images)`, kept in the run's cache file."""
+    if key not in run:
+        run[key] = lj.per_neuron(run["images"])
+        torch.save(run, cache)
+    return run[key]
 
 
 def summarise(parts: list[dict], boot: int) -> dict:
@@ -200,6 +215,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="input size of optimisation, mining and judging")
     ap.add_argument("--layers", default="_blocks.7,_blocks.12")
     ap.add_argument("--methods", default=DEFAULT_METHODS)
+    ap.add_argument("--ablations", default="", help="methods run on --ablate-layers only, after --methods")
+    ap.add_argument("--ablate-layers", default="", help="layers of the ablations (default: every layer)")
     ap.add_argument("--channels", type=int, default=16, help="neurons per layer")
     ap.add_argument("-k", type=int, default=12, help="reference patches per neuron, on each half")
     ap.add_argument("--boot", type=int, default=2000)
@@ -223,11 +240,11 @@ def main() -> None:
     for tag, stems in (("opt", opt_half), ("judge", judge_half)):
         folder = half_corpus(corpus, stems, out / f"corpus{a.size}_{tag}")
         stores[tag] = vital.mine(model, layers, os.fspath(folder), k=max(16, a.k + 1),
-                                 out=out / f"store_{a.model}_{a.size}_{tag}", progress=False)
+                                 out=out / f"store_{a.model}_{a.size}_{tag}_{'-'.join(layers)}", progress=False)
     print(f"{a.model}, {a.steps} steps (warmup {a.warmup}) at {a.size}px, seed 0, device {a.device}; photos split by seed {SPLIT_SEED}: "
           f"optimisation half {opt_half}; judging half {judge_half}; references: top-{a.k} patches per neuron")
-    methods = a.methods.split(",")
-    parts: dict[str, list[dict]] = {m: [] for m in ["patch (optimisation half)", "held-out patch", *methods]}
+    methods = a.methods.split(",") + [m for m in a.ablations.split(",") if m]
+    parts: dict[str, dict[str, dict]] = {m: {} for m in ["patch (optimisation half)", "held-out patch", *methods]}
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     sheet_rows: list[tuple[str, int]] = []
     sheet_cols: dict[str, list[torch.Tensor]] = {}
@@ -238,19 +255,22 @@ def main() -> None:
         refs = refs_of[layer] = [stores["opt"].references(layer, c, kind="patches", n=a.k) for c in channels]
         held01 = [load01(stores["judge"].references(layer, c, kind="patches", n=a.k), a.size) for c in channels]
         opt01 = [load01(r, a.size) for r in refs]
-        lj = judges[layer] = LayerJudge(model, judge, inception, layer, channels, held01)
-        parts["patch (optimisation half)"].append(lj.per_neuron(torch.stack([r[0] for r in opt01])))
-        parts["held-out patch"].append(lj.per_neuron(torch.stack([r[0] for r in held01]), [r[1:] for r in held01]))
+        lj = judges[layer] = LayerJudge(model, judge, inception, layer, channels, held01,
+                                        out / f"judge_{a.model}_{a.size}_{a.k}_{layer.replace('.', '_')}.pt")
+        parts["patch (optimisation half)"][layer] = lj.per_neuron(torch.stack([r[0] for r in opt01]))
+        parts["held-out patch"][layer] = lj.per_neuron(torch.stack([r[0] for r in held01]), skip_first=True)
         sheet_rows += [(layer, c) for c in channels]
         sheet_cols.setdefault("ref (opt half)", []).extend(r[0] for r in opt01)
         sheet_cols.setdefault("held-out ref", []).extend(r[0] for r in held01)
+    ablate = a.ablate_layers.split(",") if a.ablate_layers else layers
     for name in methods:  # every layer of a method before the next method: the first rows finish first
-        for layer in layers:
+        for layer in layers if name in a.methods.split(",") else ablate:
             lj = judges[layer]
             run = run_method(model, layer, lj.channels, refs_of[layer], name, a.steps, a.warmup, out)
             seconds[name] += run["seconds"]
-            parts[name].append(lj.per_neuron(run["images"]))
-            sheet_cols.setdefault(name, []).extend(run["images"])
+            parts[name][layer] = judged(lj, run, run_cache(out, name, layer, a.steps, a.warmup, a.size), "judged")
+            if layer == ablate[0] or name in a.methods.split(","):
+                sheet_cols.setdefault(name, []).extend(run["images"])
             print(f"  {name} {layer}: {run['seconds']:.0f} s, {run['step_ms']:.0f} ms/step", flush=True)
     results = {}
     chance = 1 / a.channels
@@ -260,26 +280,31 @@ def main() -> None:
           "| KID x1000 | s per image |")
     print("|---|---|---|---|---|---|")
     for name, ps in parts.items():
-        s = summarise(ps, a.boot)
+        if len(ps) < len(layers):
+            continue
+        s = summarise([ps[layer] for layer in layers], a.boot)
         secs = f"{seconds[name] / s['n']:.0f}" if name in seconds else ""
         print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
               f"{fmt(s['kid'], 1)} | {secs} |")
-        results[name] = {**s, "per_layer_hits": [p["hit"].tolist() for p in ps],
-                         "activation_all": [np.round(p["activation"], 3).tolist() for p in ps]}
-    for li, layer in enumerate(layers):
+        results[name] = {"all": s}
+    for layer in layers:
         print(f"\n{layer} alone ({a.channels} neurons; retrieval chance {100 * chance:.0f}%)")
         print("| method | activation | retrieval | HF | KID x1000 |\n|---|---|---|---|---|")
         for name, ps in parts.items():
-            s = summarise([ps[li]], a.boot)
+            if layer not in ps:
+                continue
+            s = summarise([ps[layer]], a.boot)
             print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
                   f"{fmt(s['kid'], 1)} |")
-            results[name][layer] = s
+            results.setdefault(name, {})[layer] = {**s, "hits": ps[layer]["hit"].tolist(),
+                                                   "activation_all": np.round(ps[layer]["activation"], 3).tolist()}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if a.sheet:
         cols = [c for c in (a.sheet_methods or a.methods).split(",") if c in sheet_cols]
         cols += ["ref (opt half)", "held-out ref"]
-        grid(Path(a.sheet), [[sheet_cols[c][i] for c in cols] for i in range(len(sheet_rows))], cols,
-             [f"{layer.split('.')[-1]}:{c}" for layer, c in sheet_rows])
+        rows = [i for i in range(len(sheet_rows)) if all(i < len(sheet_cols[c]) for c in cols)]
+        grid(Path(a.sheet), [[sheet_cols[c][i] for c in cols] for i in rows], cols,
+             [f"{sheet_rows[i][0].split('.')[-1]}:{sheet_rows[i][1]}" for i in rows])
     print(f"wall {time.perf_counter() - t_start:.0f} s; numbers: {out / 'results.json'}")
 
 
