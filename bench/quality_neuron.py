@@ -1,29 +1,38 @@
-"""Quality of intermediate-neuron visualizations on efficientnet_lite0, judged by numbers a noise image fails.
+"""Quality of intermediate-neuron visualizations, judged on photos the optimisation never saw.
 
-Corpus: seeded square crops at several scales of every photograph that installed packages ship
-(`vital.references.photos.photo_corpus`), mined once (`vital.mine`) at a mid-level and a deep block. Neurons: per
-layer, the channels whose top-k patches respond most evenly (k-th score over the first), taken greedily so that the
-source photos of their top-k overlap little (Jaccard <= 0.25); the rule is printed with the table. Methods run side
-by side with the same steps and seed; every method of a layer is one batch of its neurons.
+Held-out protocol: the photographs that installed packages ship (scikit-image's data folder, matplotlib's sample
+data; `vital.references.photos.offline_photo_files`) are split by photo, with a seeded permutation, into two halves.
+Seeded square crops at several scales (`photo_corpus`) of each half are mined separately (`vital.mine`). Neurons are
+chosen on the *optimisation half* only (`MiningStore.distinct_channels`; the rule is printed), the visualizations
+are optimised against their top-k patches of that half, and every metric is computed against the same neurons'
+top-k patches mined on the *judging half*: references the optimisation never saw. Judges (efficientnet_lite2 for
+retrieval, Inception-v3 for KID) never enter an optimisation.
 
-Metrics, per method and layer:
-- activation: the target channel's spatial max on the visualization over the median of it on its references
+Metrics, per method, over the neurons of every layer together (each with a 95% percentile bootstrap interval over
+neurons, `bench/intervals.py`):
+- activation: the target channel's spatial max on the visualization over its median on the held-out references
   (median over neurons);
-- retrieval: share of visualizations whose nearest reference set (mean cosine, efficientnet_lite2 penultimate
-  features, an independent network) is their own; chance 1/K;
-- naturalness: high-frequency share of the spectral power (above a quarter of Nyquist), the visualization's over
-  its references' (natural images near 1, pixel noise about 20);
-- KID (Inception-v3 pool features, subsets of the visualizations' size) against all reference patches of the layer.
-The row "references" holds out each neuron's top reference as its "visualization": the ceiling of these numbers.
+- retrieval: share of visualizations whose nearest held-out reference set (mean cosine in efficientnet_lite2's
+  penultimate features) is their own, among the neurons of their layer (chance 1/n);
+- HF: high-frequency share of spectral power (above a quarter of Nyquist), mean over the visualizations over the
+  mean over their held-out references (1: as sharp as real patches; pixel noise about 20);
+- KID x1000 (Inception-v3 pool features, unbiased, kernel (x.y/d+1)^3) of the visualizations against every held-out
+  reference patch of their layer, averaged over layers.
+Ceiling rows: "patch from the optimisation half" is each neuron's top reference (a real image the optimisation
+matches) judged like a visualization; "held-out patch" is the judging half's own top patch judged against the rest
+of that half's set.
 
-Usage: python bench/quality_neuron.py [--steps 2000] [--methods vital,...] [--out bench/out/quality_neuron]
-Runs are cached in OUT/runs, so a second call only recomputes what changed.
+Usage: python bench/quality_neuron.py [--steps 200] [--size 128] [--methods vital,vital-none,...]
+Runs are cached under OUT/runs, so a second call only computes what changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,167 +44,268 @@ from PIL import Image
 import vital
 from vital.evaluate.embedding import penultimate_features
 from vital.evaluate.fid import InceptionFeatures
-from vital.evaluate.kid import kid_from_features
-from vital.evaluate.neuron import channel_spatial_max, naturalness_ratio, retrieval_from_features
-from vital.io import contact_sheet, to_uint8, transparency_rgba
-from vital.references.photos import corpus_source, photo_corpus
+from vital.evaluate.neuron import channel_spatial_max, high_frequency_share, retrieval_from_features
+from vital.references.photos import corpus_source, offline_photo_files, photo_corpus
 
-# name -> (method, options). "vital" is the library's default for channels; the others are the relevance
-# alternatives, the ablations of bench/RESULTS.md and the activation-maximisation baselines.
+sys.path.insert(0, str(Path(__file__).parent))
+from intervals import KIDBootstrap, bootstrap  # noqa: E402
+from sheets import grid  # noqa: E402
+
+# name -> (method, options): the library's default for channels, then one change from it each.
 METHODS: dict[str, tuple[str, dict]] = {
     "vital": ("vital", {}),
+    "vital-none": ("vital", {"relevance": "none"}),
     "vital-lrp-restricted": ("vital", {"relevance": "lrp-restricted"}),
     "vital-guided-backprop": ("vital", {"relevance": "guided-backprop"}),
-    "vital-none": ("vital", {"relevance": "none"}),
+    "act-0.1": ("vital", {"activation": 0.1}),
+    "act-1": ("vital", {"activation": 1.0}),
+    "act-10": ("vital", {"activation": 10.0}),
+    "sliced": ("vital", {"sliced": 1.0}),
+    "sliced-only": ("vital", {"sliced": 1.0, "unweighted": 0.0}),
+    "robust": ("vital", {"augment": "scale-rotate"}),
+    "unweighted-0": ("vital", {"unweighted": 0.0}),
+    "unweighted-3": ("vital", {"unweighted": 3.0}),
     "fourier": ("fourier", {}),
     "maco": ("maco", {}),
-    # ablations, one change from the default each, then the authors' configuration
-    "abl-multiply-mask": ("vital", {"mask": "multiply"}),
-    "abl-target": ("vital", {"target_weight": 1.0}),
-    "abl-no-unweighted": ("vital", {"unweighted": 0.0}),
-    "abl-pixel": ("vital", {"param": "pixel"}),
-    "abl-whole-images": ("vital", {}),  # references: top whole images instead of patches
-    "faithful": ("vital", {"relevance": "lrp", "mask": "multiply", "target_weight": 0.0, "unweighted": 0.0,
-                           "param": "pixel"}),
 }
-DEFAULT_METHODS = "vital,vital-lrp-restricted,vital-guided-backprop,vital-none,fourier,maco"
-OVERLAP = 0.25
+DEFAULT_METHODS = "vital,vital-none,fourier"
+SPLIT_SEED = 0
+# near-duplicate photos go to the same half, or the judging half would hold a copy of an optimisation photo
+FAMILIES = {"chessboard_GRAY": "chessboard", "chessboard_RGB": "chessboard", "motorcycle_left": "motorcycle",
+            "motorcycle_right": "motorcycle", "logo": "logo", "logo2": "logo"}
+
+
+def split_photos(seed: int = SPLIT_SEED) -> tuple[list[str], list[str]]:
+    """The offline photos' stems in two halves (optimisation, judging): families of near-duplicates (FAMILIES)
+    are shuffled as one unit by a seeded permutation, then dealt to the optimisation half until it holds half."""
+    stems = [Path(p).stem for p in offline_photo_files()]
+    families = sorted({FAMILIES.get(s, s) for s in stems})
+    order = np.random.default_rng(seed).permutation(len(families))
+    opt: list[str] = []
+    for i in order:
+        members = [s for s in stems if FAMILIES.get(s, s) == families[i]]
+        if len(opt) + len(members) <= (len(stems) + 1) // 2:
+            opt += members
+    return sorted(opt), sorted(s for s in stems if s not in opt)
+
+
+def half_corpus(corpus: Path, stems: list[str], folder: Path) -> Path:
+    """A folder holding the crops of `corpus` cut from the photos `stems` (copies; a second call is free)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = set(stems)
+    for f in sorted(corpus.glob("*.png")):
+        if corpus_source(f.name) in keep and not (folder / f.name).exists():
+            shutil.copy(f, folder / f.name)
+    return folder
 
 
 def choose_channels(store, layer: str, k: int, n: int) -> tuple[list[int], str]:
-    """The rule (`MiningStore.distinct_channels`): strength = k-th / 1st top patch score; greedily the strongest
-    whose top-k source photos have Jaccard overlap <= OVERLAP with every channel already chosen."""
-    picked = store.distinct_channels(layer, n, k, OVERLAP, group=corpus_source)
-    rule = (f"strongest {n} channels by k-th/1st top-{k} patch score, source-photo Jaccard <= {OVERLAP}: "
-            + ", ".join(f"{c} ({s:.2f})" for c, s in picked))
+    """`n` channels of the optimisation half's store: strength = k-th / 1st top patch score, taken greedily,
+    with the smallest source-photo Jaccard overlap (0.25, 0.4, 0.55, ...) that yields n of them."""
+    for overlap in (0.25, 0.4, 0.55, 0.7, 1.0):
+        picked = store.distinct_channels(layer, n, k, overlap, group=corpus_source)
+        if len(picked) >= n:
+            break
+    rule = (f"strongest {n} channels by k-th/1st top-{k} patch score on the optimisation half, source-photo "
+            f"Jaccard <= {overlap}: " + ", ".join(f"{c} ({s:.2f})" for c, s in picked))
     return [c for c, _ in picked], rule
 
 
-def run_method(model, layer, channels, refs, name, steps, out: Path) -> dict:
-    """Images, transparency maps and seconds of one method on one layer's neurons (cached on disk)."""
-    cache = out / "runs" / name / f"{layer.replace('.', '_')}_{steps}.pt"
+def load01(refset, size: int) -> torch.Tensor:
+    from torchvision.transforms.functional import to_tensor
+
+    return refset.load(lambda im: to_tensor(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)))
+
+
+def run_cache(out: Path, name: str, layer: str, steps: int, warmup: int, size: int) -> Path:
+    return out / "runs" / name / f"{layer.replace('.', '_')}_{steps}_w{warmup}_{size}.pt"
+
+
+def run_method(model, layer, channels, refs, name, steps, warmup, out: Path) -> dict:
+    """Images and seconds of one method on one layer's neurons, one batch (cached on disk)."""
+    cache = run_cache(out, name, layer, steps, warmup, model.size)
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=False)
     method, options = METHODS[name]
     t0 = time.perf_counter()
     res = vital.visualize(model, [vital.Channel(layer, c) for c in channels], refs, method=method, steps=steps,
-                          seed=0, progress=False, **options)
-    run = {"images": res.images, "alpha": res.grad_accumulator, "seconds": time.perf_counter() - t0,
-           "step_ms": res.record["timings"]["step_ms"]}
+                          warmup=warmup, seed=0, progress=False, **options)
+    run = {"images": res.images.cpu(), "seconds": time.perf_counter() - t0,
+           "step_ms": res.record["timings"]["step_ms"], "record": res.record.get("options", {})}
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(run, cache)
     return run
 
 
-class Judge:
-    """The reference side of every metric for one layer's neurons, computed once: the median spatial max of each
-    channel on its references, their embeddings in the judge, their Inception features."""
+class LayerJudge:
+    """The held-out side of every metric for one layer's neurons: per held-out image its channel's spatial max, its
+    judge embedding, its HF share and its Inception features, computed once and kept on disk (`cache`)."""
 
-    def __init__(self, model, judge, inception, layer, channels, refs01):
+    def __init__(self, model, judge, inception, layer, channels, held01, cache: Path):
         self.model, self.judge, self.inception, self.layer, self.channels = model, judge, inception, layer, channels
-        self.refs01, self.pooled = refs01, torch.cat(refs01)
-        self.medians = [float(channel_spatial_max(model, layer, c, r).median()) for c, r in zip(channels, refs01, strict=True)]
-        self.embeddings = [penultimate_features(judge, r) for r in refs01]
-        self.ref_inception = inception(self.pooled)
+        key = {"layer": layer, "channels": list(channels), "n": [len(h) for h in held01]}
+        saved = torch.load(cache, weights_only=False) if cache.is_file() else None
+        if saved is None or saved["key"] != key:
+            saved = {"key": key,
+                     "smax": [channel_spatial_max(model, layer, c, h).numpy() for c, h in zip(channels, held01, strict=True)],
+                     "emb": [penultimate_features(judge, h) for h in held01],
+                     "hf": [high_frequency_share(h) for h in held01],
+                     "inception": [inception(h) for h in held01]}
+            torch.save(saved, cache)
+        self.held = saved
 
-    def __call__(self, images: torch.Tensor) -> dict:
-        acts = [float(channel_spatial_max(self.model, self.layer, c, images[i:i + 1])[0]) / self.medians[i]
-                for i, c in enumerate(self.channels)]
-        ret = retrieval_from_features(penultimate_features(self.judge, images), self.embeddings)
-        kid = kid_from_features(self.inception(images), self.ref_inception, subsets=100, subset_size=len(images))
-        return {"activation": float(np.median(acts)), "activation_all": [round(a, 2) for a in acts],
-                "retrieval": ret.top1, "ranks": ret.ranks, "naturalness": naturalness_ratio(images, self.pooled),
-                "kid": kid.mean, "kid_std": kid.std, "kid_n": f"{kid.n_a}/{kid.n_b}"}
-
-
-def reference_row(model, judge, inception, layer, channels, refs01) -> dict:
-    """Each neuron's top reference as the 'visualization', judged against the rest of its set."""
-    held = torch.stack([r[0] for r in refs01])
-    return Judge(model, judge, inception, layer, channels, [r[1:] for r in refs01])(held)
-
-
-def sheet(path: Path, layer: str, channels, run: dict, refs01, label: str) -> None:
-    rows = []
-    for i, c in enumerate(channels):
-        img = run["images"][i]
-        rows.append((f"{label}  {layer}:{c}", Image.fromarray(to_uint8(img)),
-                     Image.fromarray(transparency_rgba(img, run["alpha"][i]), "RGBA"),
-                     [Image.fromarray(to_uint8(r)) for r in refs01[i][:5]]))
-    contact_sheet(rows, path, thumb=128, max_refs=5)
+    def per_neuron(self, images: torch.Tensor, skip_first: bool = False) -> dict:
+        """Per-neuron values of one image per neuron: activation ratio, retrieval hit, HF of the image and of its
+        held-out set; and Inception features of images and of the held-out sets. `skip_first` judges against each
+        held-out set without its top patch (the held-out ceiling row, whose image is that patch)."""
+        s = 1 if skip_first else 0
+        h = self.held
+        medians = np.array([float(np.median(m[s:])) for m in h["smax"]])
+        acts = np.array([float(channel_spatial_max(self.model, self.layer, c, images[i:i + 1])[0])
+                         for i, c in enumerate(self.channels)]) / medians
+        ret = retrieval_from_features(penultimate_features(self.judge, images), [e[s:] for e in h["emb"]])
+        return {"activation": acts, "hit": np.array([r == 1 for r in ret.ranks], float), "ranks": ret.ranks,
+                "hf": high_frequency_share(images), "hf_refs": np.array([f[s:].mean() for f in h["hf"]]),
+                "inception": self.inception(images), "ref_inception": np.concatenate([f[s:] for f in h["inception"]])}
 
 
-def comparison(path: Path, layer: str, channels, runs: dict[str, dict], refs01, n_refs: int = 3,
-               thumb: int = 112) -> None:
-    """One figure per layer: a row per neuron, a column per method, then its top references."""
-    from PIL import ImageDraw
+def judged(lj: LayerJudge, run: dict, cache: Path, key: str) -> dict:
+    """`lj.per_neuron(run images)`, kept in the run's cache file."""
+    if key not in run:
+        run[key] = lj.per_neuron(run["images"])
+        torch.save(run, cache)
+    return run[key]
 
-    names = list(runs)
-    cols, head, pad = len(names) + n_refs, 16, 4
-    sheet = Image.new("RGB", (cols * (thumb + pad) + pad, head + len(channels) * (thumb + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    for j, label in enumerate(names + ["references"]):
-        draw.text((pad + j * (thumb + pad), 2), label, fill="black")
-    for i, c in enumerate(channels):
-        y = head + i * (thumb + pad)
-        tiles = [runs[n]["images"][i] for n in names] + list(refs01[i][:n_refs])
-        for j, t in enumerate(tiles):
-            sheet.paste(Image.fromarray(to_uint8(t)).resize((thumb, thumb), Image.Resampling.BICUBIC), (pad + j * (thumb + pad), y))
-        draw.text((pad + 2, y + 2), f"{c}", fill="red")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+
+def summarise(parts: list[dict], boot: int) -> dict:
+    """Figures over the neurons of every layer together, each with its bootstrap interval. Retrieval hits are per
+    layer (each neuron against its own layer's sets); KID is the mean over layers of each layer's KID."""
+    act = np.concatenate([p["activation"] for p in parts])
+    hit = np.concatenate([p["hit"] for p in parts])
+    hf = np.concatenate([p["hf"] for p in parts])
+    hf_refs = np.concatenate([p["hf_refs"] for p in parts])
+    layer_of = np.concatenate([np.full(len(p["hit"]), i) for i, p in enumerate(parts)])
+    kids = [KIDBootstrap(p["inception"], p["ref_inception"]) for p in parts]
+    offsets = np.cumsum([0] + [len(p["hit"]) for p in parts])
+
+    def kid(idx: np.ndarray) -> float:
+        vals = [kids[li](idx[layer_of[idx] == li] - offsets[li]) for li in range(len(parts))]
+        return float(np.mean(vals)) * 1000
+
+    n = len(act)
+    return {"n": n,
+            "activation": bootstrap(lambda i: float(np.median(act[i])), n, boot),
+            "retrieval": bootstrap(lambda i: float(hit[i].mean()), n, boot),
+            "hf": bootstrap(lambda i: float(hf[i].mean() / hf_refs[i].mean()), n, boot),
+            "kid": bootstrap(kid, n, boot),
+            "chance": float(np.mean([1 / len(p["hit"]) for p in parts]))}
+
+
+def fmt(v: tuple[float, float, float], digits: int = 2, pct: bool = False) -> str:
+    if pct:
+        return f"{100 * v[0]:.0f}% [{100 * v[1]:.0f}, {100 * v[2]:.0f}]"
+    return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20, help="learning-rate warmup steps, every method")
+    ap.add_argument("--size", type=int, default=128, help="input size of optimisation, mining and judging")
     ap.add_argument("--layers", default="_blocks.7,_blocks.12")
     ap.add_argument("--methods", default=DEFAULT_METHODS)
-    ap.add_argument("--channels", type=int, default=8, help="neurons per layer")
-    ap.add_argument("-k", type=int, default=12, help="reference patches per neuron")
+    ap.add_argument("--ablations", default="", help="methods run on --ablate-layers only, after --methods")
+    ap.add_argument("--ablate-layers", default="", help="layers of the ablations (default: every layer)")
+    ap.add_argument("--channels", type=int, default=16, help="neurons per layer")
+    ap.add_argument("-k", type=int, default=12, help="reference patches per neuron, on each half")
+    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sheet", default="", help="write a JPEG contact sheet here")
+    ap.add_argument("--sheet-methods", default="", help="its columns (default: every method run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="bench/out/quality_neuron")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
+    torch.set_num_threads(a.threads)
     out = Path(a.out)
-    model = vital.load_model("efficientnet_lite0", device=a.device)
+    t_start = time.perf_counter()
+    model = vital.load_model(a.model, device=a.device, size=a.size)
     judge = vital.load_model("efficientnet_lite2", device=a.device)
     inception = InceptionFeatures(a.device)
     layers = a.layers.split(",")
-    corpus = photo_corpus(out / "corpus", size=model.size)
-    n_corpus = len(list(Path(corpus).glob("*.png")))
-    store = vital.mine(model, layers, corpus, k=16, out=out / "store", progress=False)
-    print(f"efficientnet_lite0, {a.steps} steps at {model.size}px, seed 0; corpus {n_corpus} crops of the offline "
-          f"photos; references: top-{a.k} patches per neuron; device {a.device}")
-    rows, results = [], {}
+    opt_half, judge_half = split_photos()
+    corpus = Path(photo_corpus(out / f"corpus{a.size}", size=a.size))
+    stores = {}
+    for tag, stems in (("opt", opt_half), ("judge", judge_half)):
+        folder = half_corpus(corpus, stems, out / f"corpus{a.size}_{tag}")
+        stores[tag] = vital.mine(model, layers, os.fspath(folder), k=max(16, a.k + 1),
+                                 out=out / f"store_{a.model}_{a.size}_{tag}_{'-'.join(layers)}", progress=False)
+    print(f"{a.model}, {a.steps} steps (warmup {a.warmup}) at {a.size}px, seed 0, device {a.device}; photos split by seed {SPLIT_SEED}: "
+          f"optimisation half {opt_half}; judging half {judge_half}; references: top-{a.k} patches per neuron")
+    methods = a.methods.split(",") + [m for m in a.ablations.split(",") if m]
+    parts: dict[str, dict[str, dict]] = {m: {} for m in ["patch (optimisation half)", "held-out patch", *methods]}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    sheet_rows: list[tuple[str, int]] = []
+    sheet_cols: dict[str, list[torch.Tensor]] = {}
+    judges, refs_of = {}, {}
     for layer in layers:
-        channels, rule = choose_channels(store, layer, a.k, a.channels)
-        print(f"{layer}: {rule}")
-        from torchvision.transforms.functional import to_tensor
-
-        kinds = {"patches": [store.references(layer, c, kind="patches", n=a.k) for c in channels],
-                 "images": [store.references(layer, c, kind="images", n=a.k) for c in channels]}
-        refs01 = [r.load(lambda im: to_tensor(im.convert("RGB").resize((model.size, model.size), Image.Resampling.BICUBIC)))
-                  for r in kinds["patches"]]
-        rows.append(("references", layer, reference_row(model, judge, inception, layer, channels, refs01), None))
-        judged = Judge(model, judge, inception, layer, channels, refs01)
-        done = {}
-        for name in a.methods.split(","):
-            refs = kinds["images" if name == "abl-whole-images" else "patches"]
-            run = done[name] = run_method(model, layer, channels, refs, name, a.steps, out)
-            m = judged(run["images"])
-            rows.append((name, layer, m, run))
-            sheet(out / f"sheet_{name}_{layer.replace('.', '_')}.png", layer, channels, run, refs01, name)
-        comparison(out / f"compare_{layer.replace('.', '_')}.png", layer, channels, done, refs01)
-    print("| method | layer | activation (median ratio) | retrieval top-1 | naturalness ratio | KID x100 (± std) "
-          "| KID n | s per image |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, layer, m, run in rows:
-        secs = "" if run is None else f"{run['seconds'] / len(run['images']):.0f}"
-        print(f"| {name} | {layer} | {m['activation']:.2f} | {m['retrieval']:.2f} (chance {1 / a.channels:.2f}) | "
-              f"{m['naturalness']:.2f} | {100 * m['kid']:.2f} ± {100 * m['kid_std']:.2f} | {m['kid_n']} | {secs} |")
-        results[f"{name}/{layer}"] = m
+        channels, rule = choose_channels(stores["opt"], layer, a.k, a.channels)
+        print(f"{layer}: {rule}", flush=True)
+        refs = refs_of[layer] = [stores["opt"].references(layer, c, kind="patches", n=a.k) for c in channels]
+        held01 = [load01(stores["judge"].references(layer, c, kind="patches", n=a.k), a.size) for c in channels]
+        opt01 = [load01(r, a.size) for r in refs]
+        lj = judges[layer] = LayerJudge(model, judge, inception, layer, channels, held01,
+                                        out / f"judge_{a.model}_{a.size}_{a.k}_{layer.replace('.', '_')}.pt")
+        parts["patch (optimisation half)"][layer] = lj.per_neuron(torch.stack([r[0] for r in opt01]))
+        parts["held-out patch"][layer] = lj.per_neuron(torch.stack([r[0] for r in held01]), skip_first=True)
+        sheet_rows += [(layer, c) for c in channels]
+        sheet_cols.setdefault("ref (opt half)", []).extend(r[0] for r in opt01)
+        sheet_cols.setdefault("held-out ref", []).extend(r[0] for r in held01)
+    ablate = a.ablate_layers.split(",") if a.ablate_layers else layers
+    for name in methods:  # every layer of a method before the next method: the first rows finish first
+        for layer in layers if name in a.methods.split(",") else ablate:
+            lj = judges[layer]
+            run = run_method(model, layer, lj.channels, refs_of[layer], name, a.steps, a.warmup, out)
+            seconds[name] += run["seconds"]
+            parts[name][layer] = judged(lj, run, run_cache(out, name, layer, a.steps, a.warmup, a.size), "judged")
+            if layer == ablate[0] or name in a.methods.split(","):
+                sheet_cols.setdefault(name, []).extend(run["images"])
+            print(f"  {name} {layer}: {run['seconds']:.0f} s, {run['step_ms']:.0f} ms/step", flush=True)
+    results = {}
+    chance = 1 / a.channels
+    print(f"\n{len(layers)} layers x {a.channels} neurons; 95% percentile bootstrap over neurons ({a.boot} draws); "
+          f"retrieval chance {100 * chance:.0f}%")
+    print("| method | activation / held-out ref median | retrieval of its own neuron | HF power vs held-out refs "
+          "| KID x1000 | s per image |")
+    print("|---|---|---|---|---|---|")
+    for name, ps in parts.items():
+        if len(ps) < len(layers):
+            continue
+        s = summarise([ps[layer] for layer in layers], a.boot)
+        secs = f"{seconds[name] / s['n']:.0f}" if name in seconds else ""
+        print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
+              f"{fmt(s['kid'], 1)} | {secs} |")
+        results[name] = {"all": s}
+    for layer in layers:
+        print(f"\n{layer} alone ({a.channels} neurons; retrieval chance {100 * chance:.0f}%)")
+        print("| method | activation | retrieval | HF | KID x1000 |\n|---|---|---|---|---|")
+        for name, ps in parts.items():
+            if layer not in ps:
+                continue
+            s = summarise([ps[layer]], a.boot)
+            print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
+                  f"{fmt(s['kid'], 1)} |")
+            results.setdefault(name, {})[layer] = {**s, "hits": ps[layer]["hit"].tolist(),
+                                                   "activation_all": np.round(ps[layer]["activation"], 3).tolist()}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"sheets: {out}/sheet_<method>_<layer>.png; numbers: {out / 'results.json'}")
+    if a.sheet:
+        cols = [c for c in (a.sheet_methods or a.methods).split(",") if c in sheet_cols]
+        cols += ["ref (opt half)", "held-out ref"]
+        rows = [i for i in range(len(sheet_rows)) if all(i < len(sheet_cols[c]) for c in cols)]
+        grid(Path(a.sheet), [[sheet_cols[c][i] for c in cols] for i in rows], cols,
+             [f"{sheet_rows[i][0].split('.')[-1]}:{sheet_rows[i][1]}" for i in rows])
+    print(f"wall {time.perf_counter() - t_start:.0f} s; numbers: {out / 'results.json'}")
 
 
 if __name__ == "__main__":

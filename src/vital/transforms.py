@@ -80,3 +80,27 @@ def crops_with_noise(x: torch.Tensor, generator: torch.Generator, n_crops: int, 
     local = torch.Generator(device=x.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
     eps = torch.randn(crops.shape, generator=local, device=x.device, dtype=x.dtype)
     return crops + eps * (noise.to(x) if isinstance(noise, torch.Tensor) else noise)
+
+
+def affine_scale_rotate(x: torch.Tensor, scale: float, degrees: float) -> torch.Tensor:
+    """(B, C, H, W) zoomed by `scale` (> 1 enlarges) and rotated by `degrees` about the centre (from +x towards +y
+    in pixel coordinates, y pointing down),
+    bilinear, border pixels repeated outside the image; differentiable with respect to `x`."""
+    a = torch.deg2rad(torch.tensor(degrees, dtype=torch.float64))
+    cos, sin = float(torch.cos(a)) / scale, float(torch.sin(a)) / scale
+    # output pixel at normalised (u, v) samples the input at R(-a) (u, v) / scale
+    theta = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]], device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+SCALE_RANGE = (0.9, 1.1)  # Lucid's standard transforms: random scale 0.9-1.1 and rotation within +-10 degrees
+ROTATE_DEGREES = 10.0
+
+
+def scale_rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Transformation robustness (Lucid's standard transforms): one random scale s ~ U(0.9, 1.1) and rotation
+    ~ U(-10, 10) degrees for the whole batch, on top of the loop's jitter."""
+    s = float(torch.empty((), dtype=torch.float64).uniform_(*SCALE_RANGE, generator=generator))
+    d = float(torch.empty((), dtype=torch.float64).uniform_(-ROTATE_DEGREES, ROTATE_DEGREES, generator=generator))
+    return affine_scale_rotate(x, s, d)

@@ -27,15 +27,20 @@ from vital.methods.base import (
     seed_generator,
 )
 from vital.models.zoo import VisionModel
+from vital.objectives.activation import Activation
 from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
+from vital.objectives.base import Term
+from vital.objectives.sliced import SlicedAlignment
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
 from vital.relevance import readout
 from vital.relevance.readout import Readout
 from vital.targets import Channel, Class, Direction, Target
+from vital.transforms import scale_rotate
 
 PARAMS = ("pixel", "fourier")
+AUGMENTS = ("none", "scale-rotate")
 
 
 @dataclass
@@ -45,7 +50,11 @@ class VitalOptions:
     layers / layer_weights: matched layers and their weights (default: the preset's). feat_dist: a factor on every
     layer weight. Channels only: relevance (lrp, lrp-restricted, guided-backprop, none), mask (reference,
     multiply), target_weight (the target channel's own distribution), unweighted (a share of plain alignment beside
-    the relevance-weighted one) and param (pixel, fourier)."""
+    the relevance-weighted one), activation (weight of the target's mean activation, maximised beside the
+    alignment), sliced / projections (weight of sliced-Wasserstein alignment along random channel directions and
+    their number, default one per channel; `vital.objectives.sliced`) and augment (none, scale-rotate: random
+    scaling and rotation of every step's image, `vital.transforms.scale_rotate`). param (pixel, fourier) applies to
+    classes too (classes default to pixel, the paper's image)."""
 
     layers: Sequence[str] | None = None
     layer_weights: Sequence[float] | None = None
@@ -55,6 +64,10 @@ class VitalOptions:
     target_weight: float | None = None
     unweighted: float | None = None
     param: str | None = None
+    activation: float | None = None
+    sliced: float | None = None
+    projections: int | None = None
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         validate.choice("relevance", self.relevance, RELEVANCE_METHODS)
@@ -63,7 +76,9 @@ class VitalOptions:
         validate.names("layers", self.layers)
         validate.numbers("layer_weights", self.layer_weights, low=0)
         validate.number("feat_dist", self.feat_dist, low=0, optional=False)
-        for name in ("target_weight", "unweighted"):
+        validate.choice("augment", self.augment, AUGMENTS)
+        validate.integer("projections", self.projections, low=1)
+        for name in ("target_weight", "unweighted", "activation", "sliced"):
             validate.number(name, getattr(self, name), low=0)
 
 
@@ -73,6 +88,8 @@ class VitalOptions:
 # (target_weight) raises its activation a little but costs naturalness (KID) and retrieval: off by default.
 NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
                    "param": "fourier"}
+# Additions measured on held-out photos (bench/quality_neuron.py); off by default.
+NEURON_EXTRAS = {"activation": 0.0, "sliced": 0.0, "augment": "none"}
 FAITHFUL = {"relevance": "lrp", "mask": "multiply", "target_weight": 0.0, "unweighted": 0.0, "param": "pixel"}
 NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the authors' intermediate-neuron defaults
 FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
@@ -108,16 +125,24 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     if len(refs) != len(references):
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
-    neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "param")}
+    neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "activation", "sliced",
+                                                 "projections", "augment")}
     if opts.relevance not in (None, "none") or any(v is not None for v in neuron_only.values()):
         given = {k: v for k, v in {"relevance": opts.relevance, **neuron_only}.items() if v is not None}
         raise VitalError(f"options {sorted(given)} apply to channel targets; a class is aligned with its "
                          "references as a whole")
     layers, weights, priors = resolve_layers(model, opts)
-    settings, clip, prior_term = loop_settings(run, priors)
+    fourier = opts.param == "fourier"
+    settings, clip, prior_term = loop_settings(run, {**priors, **({"lr": FOURIER_LR} if fourier else {})})
     check_input_size(model, settings)
     objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], refs)
-    return Recipe(pixel_param(model, len(targets), run, clip), prior_term + objective, settings)
+    param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
+    return Recipe(param, prior_term + objective, settings, record={"param": opts.param or "pixel"})
+
+
+def _fourier(model: VisionModel, batch: int, run: RunOptions) -> FourierParam:
+    lo, hi = model.pixel_bounds()
+    return FourierParam(batch, model.size, lo, hi, generator=seed_generator(run))
 
 
 def _target_layer(targets: Sequence[Target]) -> str:
@@ -150,7 +175,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     rows = layer_table(model.module, torch.zeros(1, 3, model.size, model.size, device=model.device, dtype=model.dtype))
     target_layer, units = _units(targets, rows, model.device)
     chosen: dict[str, Any] = {k: getattr(opts, k) if getattr(opts, k) is not None else v
-                              for k, v in NEURON_DEFAULTS.items()}
+                              for k, v in {**NEURON_DEFAULTS, **NEURON_EXTRAS}.items()}
     candidates, weights, priors = resolve_layers(model, opts)
     upstream = upstream_of(model.module, target_layer, candidates, rows=rows)
     if not upstream:
@@ -165,15 +190,20 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     settings, clip, prior_term = loop_settings(run, {**priors, **NEURON_PRIORS, **({"lr": FOURIER_LR} if fourier
                                                                                      else {})})
     check_input_size(model, settings)
-    objective = Alignment(model, upstream, [float(v) * opts.feat_dist for v in w], refs,
-                          channels=units, target_layer=target_layer,
-                          relevance=chosen["relevance"], mask=chosen["mask"], target_weight=chosen["target_weight"],
-                          unweighted=chosen["unweighted"], chunk=8)
-    param: Parameterization
-    if fourier:
-        lo, hi = model.pixel_bounds()
-        param = FourierParam(len(targets), model.size, lo, hi, generator=seed_generator(run))
+    alignment = dict(channels=units, target_layer=target_layer, relevance=chosen["relevance"], mask=chosen["mask"],
+                     target_weight=chosen["target_weight"], unweighted=chosen["unweighted"], chunk=8)
+    layer_w = [float(v) * opts.feat_dist for v in w]
+    objective: Term
+    if chosen["sliced"]:
+        objective = SlicedAlignment(model, upstream, layer_w, refs, sliced=chosen["sliced"],
+                                    projections=opts.projections, seed=run.seed, **alignment)
+        chosen["projections"] = opts.projections or "channels"
     else:
-        param = pixel_param(model, len(targets), run, clip)
-    return Recipe(param, prior_term + objective, settings,
+        objective = Alignment(model, upstream, layer_w, refs, **alignment)
+    if chosen["activation"]:
+        objective = objective + chosen["activation"] * Activation(model, targets)
+    param: Parameterization
+    param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
+    augment = scale_rotate if chosen["augment"] == "scale-rotate" else None
+    return Recipe(param, prior_term + objective, settings, augment=augment,
                   record={"target_layer": target_layer, "matched_layers": upstream, **chosen})

@@ -1,0 +1,141 @@
+"""Sliced-Wasserstein alignment against an explicit sort of projected values, its gradient, its place in the VITAL
+recipe; the activation term beside alignment; Lucid's scale-rotate transformation; the Fourier image for classes."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import vital
+from vital.errors import VitalError
+from vital.features import FeatureExtractor
+from vital.methods import RunOptions, build_recipe
+from vital.methods.vital import VitalOptions
+from vital.models import load_model
+from vital.objectives.base import Views
+from vital.objectives.sliced import SlicedAlignment, random_directions, sliced_loss
+from vital.params.fourier import FourierParam
+from vital.references.images import from_images
+from vital.transforms import affine_scale_rotate, scale_rotate
+
+
+@pytest.fixture
+def resnet():
+    torch.manual_seed(0)
+    return load_model(torchvision.models.resnet18(weights=None), size=64, name="resnet18-small")
+
+
+@pytest.fixture
+def refs():
+    rng = np.random.default_rng(0)
+    return from_images([Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)) for _ in range(3)])
+
+
+def test_directions_are_unit_and_seeded():
+    d = random_directions(7, 5, torch.Generator().manual_seed(3))
+    assert d.shape == (7, 5) and torch.allclose(d.norm(dim=1), torch.ones(7), atol=1e-6)
+    assert torch.equal(d, random_directions(7, 5, torch.Generator().manual_seed(3)))
+
+
+def test_sliced_loss_equals_an_explicit_sort_of_projections():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(2, 4, 9)).astype(np.float32)  # (B, C, P)
+    dirs = rng.normal(size=(3, 4))
+    dirs = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
+    q = np.sort(rng.normal(size=(2, 3, 9)), axis=-1).astype(np.float32)
+    expected = np.zeros(2)
+    for b in range(2):
+        for k in range(3):
+            proj = [sum(float(dirs[k, c]) * float(feats[b, c, p]) for c in range(4)) for p in range(9)]
+            expected[b] += sum((a - float(t)) ** 2 for a, t in zip(sorted(proj), q[b, k], strict=True))
+    expected /= 3 * 9
+    got = sliced_loss(torch.from_numpy(feats), torch.from_numpy(dirs), torch.from_numpy(q))
+    assert np.allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def test_sliced_loss_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    dirs = random_directions(5, 4, gen).double()
+    q = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64).sort(-1).values
+    assert torch.autograd.gradcheck(lambda f: sliced_loss(f, dirs, q), (feats,), eps=1e-6, atol=1e-5)
+
+
+def test_recipe_adds_sliced_term_on_the_alignments_features(resnet, refs):
+    targets = [vital.Channel("layer3.1", 4), vital.Channel("layer3.1", 9)]
+    rec = build_recipe("vital", resnet, targets, [refs, refs], RunOptions(steps=1, seed=5),
+                       VitalOptions(sliced=2.0, projections=6, relevance="none"))
+    obj = rec.objective.terms[1]
+    assert isinstance(obj, SlicedAlignment) and rec.record["sliced"] == 2.0 and rec.record["projections"] == 6
+    obj.prepare(1)
+    x = torch.randn(2, 3, 64, 64)
+    with rec:
+        total = obj(Views.of(x))
+    # independent: the reference projections by hand, the plain alignment term from its own class
+    ref_x = obj.refs.pixels(0)
+    ref_f = FeatureExtractor(resnet.module, obj.layers)(ref_x)
+    syn_f = FeatureExtractor(resnet.module, obj.layers)(x)
+    extra = torch.zeros(2)
+    for n, w in zip(obj.layers, obj.weights, strict=True):
+        d = obj.directions[n]
+        assert d.shape == (6, ref_f[n].shape[1])
+        proto = torch.einsum("kc,ncp->nkp", d, ref_f[n]).sort(-1).values.mean(0)
+        extra += w * sliced_loss(syn_f[n], d, proto.expand(2, -1, -1))
+    plain = build_recipe("vital", resnet, targets, [refs, refs], RunOptions(steps=1, seed=5),
+                         VitalOptions(relevance="none")).objective.terms[1]
+    plain.prepare(1)
+    assert torch.allclose(total, plain(Views.of(x)) + 2.0 * extra, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_term_beside_alignment(resnet, refs):
+    targets = [vital.Channel("layer3.1", 4)]
+    rec = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(activation=3.0,
+                                                                                              relevance="none"))
+    state = rec.objective.state()["terms"]
+    assert state[-1]["name"] == "activation" and state[-1]["weight"] == 3.0 and rec.record["activation"] == 3.0
+    base = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(relevance="none"))
+    x = torch.randn(1, 3, 64, 64)
+    rec.objective.prepare(1)
+    base.objective.prepare(1)
+    with rec, base:
+        diff = rec.objective(Views.of(x)) - base.objective(Views.of(x))
+    act = FeatureExtractor(resnet.module, ["layer3.1"])(x)["layer3.1"][0, 4].mean()
+    assert torch.allclose(diff, -3.0 * act, rtol=1e-4)
+
+
+def test_options_validated_and_defaults_off(resnet, refs):
+    for bad in ({"sliced": -1.0}, {"projections": 0}, {"augment": "spin"}, {"activation": -0.5}):
+        with pytest.raises(VitalError):
+            VitalOptions(**bad)
+    rec = build_recipe("vital", resnet, [vital.Channel("layer3.1", 4)], [refs], RunOptions(steps=1), VitalOptions())
+    assert (rec.record["activation"], rec.record["sliced"], rec.record["augment"]) == (0.0, 0.0, "none")
+    assert rec.augment is None and type(rec.objective.terms[1]).__name__ == "Alignment"
+    with pytest.raises(VitalError, match="apply to channel targets"):
+        build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(sliced=1.0))
+
+
+def test_scale_rotate_against_independent_transforms():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    assert torch.allclose(affine_scale_rotate(x, 1.0, 0.0), x, atol=1e-4)
+    assert torch.allclose(affine_scale_rotate(x, 1.0, 90.0), torch.rot90(x, -1, (2, 3)), atol=1e-3)
+    # scale 2: the central 4x4 block, enlarged (bilinear sampling at the half-pixel centres of that block)
+    zoom = torch.nn.functional.interpolate(x[..., 2:6, 2:6], scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(affine_scale_rotate(x, 2.0, 0.0)[..., 1:7, 1:7], zoom[..., 1:7, 1:7], atol=1e-3)
+    y = scale_rotate(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(y, x)
+    assert torch.equal(y, scale_rotate(x, torch.Generator().manual_seed(0)))
+
+
+def test_robust_recipe_runs(resnet, refs):
+    res = vital.visualize(resnet, [vital.Channel("layer3.1", 4)], refs, steps=3, warmup=1, augment="scale-rotate",
+                          sliced=1.0, projections=4, activation=0.5, progress=False)
+    assert torch.isfinite(res.history).all() and res.record["recipe"]["augment"] == "scale-rotate"
+
+
+def test_classes_take_the_fourier_image(resnet, refs):
+    rec = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(param="fourier"))
+    assert isinstance(rec.param, FourierParam) and rec.record["param"] == "fourier"
+    assert rec.settings.lr == 0.05
+    pix = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions())
+    assert not isinstance(pix.param, FourierParam) and pix.record["param"] == "pixel"
