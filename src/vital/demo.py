@@ -20,6 +20,7 @@ from vital import validate
 from vital.evaluate.neuron import activation_ratio, naturalness_ratio
 from vital.folders import ensure_writable
 from vital.models import load_model
+from vital.record import RECORD
 from vital.references.mining import mine
 from vital.references.photos import corpus_source, photo_corpus, photo_references
 from vital.targets import Channel, Class
@@ -78,5 +79,5 @@ def run_demo(out: str | os.PathLike = "out/demo", steps: int | None = None, devi
     steps = DEMO_STEPS if steps is None else steps
     _class_part(model, out_dir, steps, progress)
     _neuron_part(model, out_dir, steps, progress)
-    print(f"run records: {out_dir / 'class' / 'record.json'}, {out_dir / 'neuron' / 'record.json'}")
+    print(f"run records: {out_dir / 'class' / RECORD}, {out_dir / 'neuron' / RECORD}")
     return out_dir

@@ -1,6 +1,6 @@
 """Output folders: one claim for every command that writes a folder (`vital.io` writes the files inside).
 
-- A folder that holds this command's own output (a run's record.json; for eval, report, compare, circuit and atlas
+- A folder that holds this command's own output (a run's record; for eval, report, compare, circuit and atlas
   a `.vital-output` marker naming the command) is replaced only with `overwrite`; atlas, which is built
   incrementally, updates its own folder in place. A non-empty folder that holds no such output is never touched;
   an empty name is refused (it would mean the current folder).
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from vital.errors import VitalError
+from vital.record import RECORD
 
 T = TypeVar("T")
 L = TypeVar("L", bound="FolderLock")
-RECORD = "record.json"
 MARKER = ".vital-output"  # in the folder of eval, report, compare, circuit and atlas: the command's name
 SUFFIX_ROOM = 40  # what the lock and temporary names add to a folder's name (".NAME.tmp-PID-HEX.old")
 _HELD: dict[Path, FolderLock] = {}  # folders this process holds, so a save inside a claimed run reuses the claim
@@ -170,7 +170,7 @@ class FolderLock:
 
 class RunFolder(FolderLock):
     """Claim `out` for one command's output (`with RunFolder(out, overwrite, kind):`) and `commit` its files as
-    one folder. `kind` "run": a run (its record.json); else the command's name, kept in a marker file.
+    one folder. `kind` "run": a run (its run record); else the command's name, kept in a marker file.
     `in_place`: the command updates its own folder where it is (atlas), so its own output needs no `overwrite`."""
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False, kind: str = "run", in_place: bool = False):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vital.cli.common import add_out, device, refs
 from vital.errors import VitalError
+from vital.record import RECORD
 
 NAME = "eval"
 
@@ -14,7 +15,7 @@ NAME = "eval"
 def add(sub) -> None:
     ev = sub.add_parser(NAME, help="judge the class visualizations of run folders (top-k by models, CLIP, "
                                    "FID and KID with --fid)")
-    ev.add_argument("runs", nargs="+", help="run folders (with record.json)")
+    ev.add_argument("runs", nargs="+", help=f"run folders (with {RECORD})")
     ev.add_argument("--model", "-m", default=None, help="the target model, to report its own top-k")
     ev.add_argument("--weights", default="default")
     ev.add_argument("--device", default=None)
@@ -34,8 +35,8 @@ def _runs(a: argparse.Namespace) -> tuple[list[Path], list]:
 
     runs = [Path(d) for d in a.runs]
     for d in runs:
-        if not (d / "record.json").is_file():
-            raise VitalError(f"{d} is not a run folder (no record.json); pass folders written by vital class/compare")
+        if not (d / RECORD).is_file():
+            raise VitalError(f"{d} is not a run folder (no {RECORD}); pass folders written by vital class/compare")
     visuals = visuals_from_runs(runs)
     if not visuals:
         raise VitalError("the run folders hold no class visualizations to evaluate")

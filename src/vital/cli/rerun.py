@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from vital.cli.common import print_outputs
+from vital.record import RECORD
 
 NAME = "rerun"
 
 
 def add(sub) -> None:
-    rr = sub.add_parser(NAME, help="repeat a run from its record.json (same model, targets, options, seed, refs)")
-    rr.add_argument("record", help="record.json or the run folder holding it")
+    rr = sub.add_parser(NAME, help=f"repeat a run from its {RECORD} (same model, targets, options, seed, refs)")
+    rr.add_argument("record", help=f"{RECORD} or the run folder holding it")
     rr.add_argument("--out", "-o", required=True)
     rr.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     rr.add_argument("--device", default=None)
