@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+rom vital._version import __version__
+
 
 def to_uint8(img01: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0,1] -> (H, W, 3) uint8, truncating like the reference implementation."""
@@ -73,26 +75,10 @@ def loss_curve(history: torch.Tensor, points: int = LOSS_CURVE_POINTS) -> list[f
     return history[:: max(1, len(history) // points)].mean(dim=1).tolist()
 
 
-def package_version() -> str:
-    """vital's version, from the installed package's metadata (no import of the package's `__init__`)."""
-    import importlib
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return str(importlib.import_module("vital._version").__version__)
-    except (ImportError, AttributeError):
-        pass
-
-    try:
-        return version("vital")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def versions() -> dict:
     import torchvision
 
-    return {"vital": package_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"vital": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 

@@ -10,22 +10,17 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from vital._version import __version__
 from vital.cli import atlas, batch, circuit, classes, compare, evaluation, info, mine, neuron, report, rerun
 from vital.errors import VitalError
 
 COMMANDS = (classes, neuron, circuit, compare, evaluation, mine, rerun, report, atlas, batch, info)
 
 
-def version() -> str:
-    from vital.io import package_version
-
-    return package_version()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (the docs list every command and flag from it)."""
     p = argparse.ArgumentParser(prog="vital", description="Feature visualization by distribution alignment (VITAL)")
-    p.add_argument("--version", action="version", version=f"vital {version()}")
+    p.add_argument("--version", action="version", version=f"vital {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add(sub)
