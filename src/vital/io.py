@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-rom vital._version import __version__
+from vital._version import __version__
 
 
 def to_uint8(img01: torch.Tensor) -> np.ndarray:
