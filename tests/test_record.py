@@ -29,8 +29,18 @@ def _sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+# Fields that later options added to the record, each with the value that means "as before" (the option off, or
+# the class image's pixel parameterisation, the only one older code had).
+ADDED_LATER = {"options": {"activation": None, "sliced": None, "projections": None, "augment": None},
+               "recipe": {"param": "pixel", "activation": 0.0, "sliced": 0.0, "augment": "none"}}
+
+
 def _stable(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in VOLATILE}
+    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    for section, added in ADDED_LATER.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if not (k in added and added[k] == v)}
+    return out
 
 
 def test_records_read_back_to_the_json_they_were_read_from():

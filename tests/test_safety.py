@@ -341,9 +341,11 @@ def test_numpy_indices_are_whole_numbers():
 def test_version(capsys):
     from importlib.metadata import version
 
+    from vital._version import DISTRIBUTION
+
     with pytest.raises(SystemExit) as e:
         main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vital {version('vital')}"
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vital {version(DISTRIBUTION)}"
 
 
 def test_every_option_field_is_a_flag_that_reaches_the_run():
