@@ -243,7 +243,8 @@ def main() -> None:
                                  out=out / f"store_{a.model}_{a.size}_{tag}_{'-'.join(layers)}", progress=False)
     print(f"{a.model}, {a.steps} steps (warmup {a.warmup}) at {a.size}px, seed 0, device {a.device}; photos split by seed {SPLIT_SEED}: "
           f"optimisation half {opt_half}; judging half {judge_half}; references: top-{a.k} patches per neuron")
-    methods = a.methods.split(",") + [m for m in a.ablations.split(",") if m]
+    main_methods = [m for m in a.methods.split(",") if m]
+    methods = main_methods + [m for m in a.ablations.split(",") if m and m not in main_methods]
     parts: dict[str, dict[str, dict]] = {m: {} for m in ["patch (optimisation half)", "held-out patch", *methods]}
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     sheet_rows: list[tuple[str, int]] = []
@@ -264,12 +265,12 @@ def main() -> None:
         sheet_cols.setdefault("held-out ref", []).extend(r[0] for r in held01)
     ablate = a.ablate_layers.split(",") if a.ablate_layers else layers
     for name in methods:  # every layer of a method before the next method: the first rows finish first
-        for layer in layers if name in a.methods.split(",") else ablate:
+        for layer in layers if name in main_methods else ablate:
             lj = judges[layer]
             run = run_method(model, layer, lj.channels, refs_of[layer], name, a.steps, a.warmup, out)
             seconds[name] += run["seconds"]
             parts[name][layer] = judged(lj, run, run_cache(out, name, layer, a.steps, a.warmup, a.size), "judged")
-            if layer == ablate[0] or name in a.methods.split(","):
+            if layer == ablate[0] or name in main_methods:
                 sheet_cols.setdefault(name, []).extend(run["images"])
             print(f"  {name} {layer}: {run['seconds']:.0f} s, {run['step_ms']:.0f} ms/step", flush=True)
     results = {}
