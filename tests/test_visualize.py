@@ -61,7 +61,8 @@ def test_rerun_from_record_options_is_identical(tiny_model):
     given = dict(steps=4, setting=2, seed=4, tv_l2=0.01, tv_l1=0.001, l2=0.002, jitter=3, flip=True, lr=0.3,
                  warmup=2, layers=["stem", "stage1.1"], layer_weights=[0.5, 2.0], feat_dist=0.5,
                  relevance="guided-backprop", mask="multiply", target_weight=0.5, unweighted=0.25, param="pixel",
-                 copies=2, diversity=0.1, diversity_layer="stage1.1")
+                 copies=2, diversity=0.1, diversity_layer="stage1.1", activation=0.5, sliced=0.5, projections=5,
+                 augment="scale-rotate")
     assert set(given) == set(option_names("vital")) - {"progress"}  # a new option must be added here
     defaults = {**vars(RunOptions()), **vars(get_method("vital").options())}
     assert all(given[k] != defaults[k] for k in given)
