@@ -40,7 +40,8 @@ def cli_page() -> str:
 
 
 def benchmarks_page() -> str:
-    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    # RESULTS.md links pictures relative to bench/ (../docs/images/...); this page sits at the docs root
+    results = (ROOT / "bench" / "RESULTS.md").read_text().replace("](../docs/images/", "](images/")
     head = ("!!! note\n    This page is `bench/RESULTS.md` of the repository, included at build time. How to run the "
             "benchmarks and record new figures: CONTRIBUTING.md.\n\n")
     title, _, body = results.partition("\n")
