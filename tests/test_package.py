@@ -144,3 +144,10 @@ def test_wheel_installs_beside_torch_and_runs(dist, tmp_path):
     record = json.loads((out / "record.json").read_text())
     assert (out / "class0282.png").is_file() and (out / "class0282_transparency.png").is_file()
     assert record["versions"]["vital"] == VERSION
+
+    demo = tmp_path / "demo"  # the newcomer's first command, from the installed wheel alone
+    printed = _run([vital, "demo", "--steps", "20", "--out", demo], tmp_path).stdout
+    assert "run records:" in printed
+    for part in ("class", "neuron"):
+        assert json.loads((demo / part / "record.json").read_text())["versions"]["vital"] == VERSION
+    assert (demo / "class" / "class0282.png").is_file() and any((demo / "neuron").glob("*_transparency.png"))
