@@ -16,7 +16,7 @@ from PIL import Image
 
 from vital.errors import VitalError
 from vital.io import checkerboard, to_uint8
-from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
+from vital.run_folder import reference_thumbnails
 
 if TYPE_CHECKING:
     from vital.evaluate import EvalTable
@@ -53,19 +53,6 @@ def strip(images: Sequence[Image.Image], tile: int = THUMB) -> Image.Image:
     return out
 
 
-def reference_images(refs: ReferenceSet, n: int = REFERENCES) -> list[Image.Image]:
-    """The first `n` readable references: in-memory images first, then files (unreadable ones are passed over)."""
-    out = [im for _, im in refs.images[:n]]
-    for path in refs.files:
-        if len(out) >= n:
-            break
-        try:
-            out.append(load_rgb(path))
-        except UNREADABLE:
-            continue
-    return out
-
-
 def on_checkerboard(rgba: Image.Image) -> Image.Image:
     """A transparency map over a checkerboard, so that transparent parts read as such on any page."""
     board = checkerboard(rgba.width).resize(rgba.size).convert("RGBA")
@@ -79,7 +66,7 @@ def result_html(result: Result) -> str:
         image = Image.fromarray(to_uint8(result.images[i])).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
         alpha = on_checkerboard(Image.fromarray(result.transparency(i), "RGBA").resize((SIZE, SIZE)))
         refs = result.references[i]
-        thumbs = reference_images(refs) if refs is not None else []
+        thumbs = reference_thumbnails(refs, REFERENCES) if refs is not None else []
         cells = [img_tag(image, f"{label}: visualization"), img_tag(alpha, f"{label}: transparency map")]
         cells.append(img_tag(strip(thumbs), f"{label}: {len(thumbs)} of {len(refs)} references")
                      if refs is not None and thumbs else "<em>no references</em>")

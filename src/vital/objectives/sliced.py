@@ -1,7 +1,7 @@
 """Sliced-Wasserstein alignment (Heitz et al., "A Sliced Wasserstein Loss for Neural Texture Synthesis", CVPR 2021)
 beside VITAL's per-channel sort-matching.
 
-Per-channel sort-matching (arXiv 2503.22399, Sec. 3) matches each channel's marginal distribution over positions:
+Per-channel sort-matching (arXiv 2503.22399, method section; docs/concepts/sort-matching.md) matches each channel's marginal distribution over positions:
 any shuffling of which channels fire together at a position leaves it unchanged. Projecting the C channels of a
 layer onto K random unit directions and sort-matching each projection against the same projection of the references
 constrains the joint distribution along those directions too:
