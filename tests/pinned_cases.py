@@ -100,24 +100,26 @@ def activation_objectives() -> dict[str, torch.Tensor]:
 
 
 def vital_runs() -> dict[str, torch.Tensor]:
+    """VITAL's alignment (activation=0: pinned before the activation term became the channel default; that term is
+    checked against the activation objective in tests/test_sliced.py)."""
     model, refs = _resnet(), _refs()
     out = {}
     for relevance in ("lrp", "guided-backprop"):
         res = vital.visualize(model, [vital.Channel("layer2.1", 4), vital.Channel("layer2.1", 9)], refs, steps=3,
-                              warmup=1, jitter=2, relevance=relevance, progress=False)
+                              warmup=1, jitter=2, relevance=relevance, activation=0.0, progress=False)
         out[f"channel/{relevance}"] = res.images
     res = vital.visualize(model, vital.Channel("layer2.1", 4, (2, 3)), refs, steps=3, warmup=1, jitter=2,
-                          mask="multiply", progress=False)
+                          mask="multiply", activation=0.0, progress=False)
     out["position/multiply"] = res.images
     res = vital.visualize(model, vital.Direction("layer2.1", [float(i % 7) - 3 for i in range(128)]), refs, steps=3,
-                          warmup=1, jitter=2, progress=False)
+                          warmup=1, jitter=2, activation=0.0, progress=False)
     out["direction"] = res.images
     res = vital.visualize(model, [vital.Channel("layer2.1", 4)], None, method="fourier", steps=3, progress=False)
     out["fourier"] = res.images
     torch.manual_seed(0)
     nochain = load_model(_NoChain().eval(), mean=(0.5,) * 3, std=(0.25,) * 3, size=32, name="nochain")
     res = vital.visualize(nochain, vital.Channel("d", 2), refs, steps=3, warmup=1, jitter=2, layers=["a", "b", "c"],
-                          progress=False)
+                          activation=0.0, progress=False)
     out["modified-gradient"] = res.images
     return out
 

@@ -13,10 +13,13 @@ from vital.features import FeatureExtractor
 from vital.methods import RunOptions, build_recipe
 from vital.methods.vital import VitalOptions
 from vital.models import load_model
+from vital.objectives.activation import Activation
+from vital.objectives.alignment import Alignment
 from vital.objectives.base import Views
 from vital.objectives.sliced import SlicedAlignment, random_directions, sliced_loss
 from vital.params.fourier import FourierParam
 from vital.references.images import from_images
+from vital.relevance.readout import Readout
 from vital.transforms import affine_scale_rotate, scale_rotate
 
 
@@ -93,8 +96,9 @@ def test_activation_term_beside_alignment(resnet, refs):
     rec = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(activation=3.0,
                                                                                               relevance="none"))
     state = rec.objective.state()["terms"]
-    assert state[-1]["name"] == "activation" and state[-1]["weight"] == 3.0 and rec.record["activation"] == 3.0
-    base = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(relevance="none"))
+    assert state[-1]["name"] == "alignment" and state[-1]["activation"] == 3.0 and rec.record["activation"] == 3.0
+    base = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(relevance="none",
+                                                                                               activation=0.0))
     x = torch.randn(1, 3, 64, 64)
     rec.objective.prepare(1)
     base.objective.prepare(1)
@@ -104,12 +108,52 @@ def test_activation_term_beside_alignment(resnet, refs):
     assert torch.allclose(diff, -3.0 * act, rtol=1e-4)
 
 
-def test_options_validated_and_defaults_off(resnet, refs):
+@pytest.mark.parametrize("target", [vital.Channel("layer3.1", 4), vital.Channel("layer3.1", 2, position=(1, 2)),
+                                    vital.Direction("layer3.1", tuple(np.linspace(-1, 1, 256).tolist()))])
+@pytest.mark.parametrize("relevance,mask", [("none", "reference"), ("lrp", "reference"), ("lrp", "multiply")])
+def test_shared_activation_term_equals_the_activation_objective(resnet, refs, target, relevance, mask):
+    """The activation term inside the alignment (one forward for both) gives the loss and the image gradient of the
+    alignment plus the `Activation` objective, which runs a forward of its own; every unit kind, every relevance
+    path."""
+    if isinstance(target, vital.Direction) and relevance == "lrp" and mask == "multiply":
+        pytest.skip("covered by the channel cases")
+    kw = dict(channels=Readout.from_targets([target], "cpu"), target_layer="layer3.1",
+              relevance=relevance, mask=mask, unweighted=1.0)
+    shared = Alignment(resnet, ["layer1", "layer2"], [0.5, 1.0], [refs], activation=2.5, **kw)
+    plain = Alignment(resnet, ["layer1", "layer2"], [0.5, 1.0], [refs], **kw)
+    separate = plain + 2.5 * Activation(resnet, [target])
+    calls = []
+    handle = resnet.module.layer1.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    results = []
+    for obj in (shared, separate):
+        obj.prepare(1)
+        xi = x.clone().requires_grad_(True)
+        calls.clear()
+        with obj:
+            loss = obj(Views.of(xi))
+        forwards = len(calls)
+        (g,) = torch.autograd.grad(loss.sum(), xi)
+        results.append((loss.detach(), g, forwards))
+    handle.remove()
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+    assert results[0][2] < results[1][2]  # the shared term runs the network once less per step
+
+
+def test_activation_term_needs_a_unit(resnet, refs):
+    with pytest.raises(VitalError, match="activation term need a target layer"):
+        Alignment(resnet, ["layer1"], [1.0], [refs], activation=1.0)
+
+
+def test_options_validated_and_defaults(resnet, refs):
+    """The activation term is on for channels (weight 1, inside the alignment); sliced and augment are off."""
     for bad in ({"sliced": -1.0}, {"projections": 0}, {"augment": "spin"}, {"activation": -0.5}):
         with pytest.raises(VitalError):
             VitalOptions(**bad)
     rec = build_recipe("vital", resnet, [vital.Channel("layer3.1", 4)], [refs], RunOptions(steps=1), VitalOptions())
-    assert (rec.record["activation"], rec.record["sliced"], rec.record["augment"]) == (0.0, 0.0, "none")
+    assert (rec.record["activation"], rec.record["sliced"], rec.record["augment"]) == (1.0, 0.0, "none")
+    assert rec.objective.terms[1].activation == 1.0
     assert rec.augment is None and type(rec.objective.terms[1]).__name__ == "Alignment"
     with pytest.raises(VitalError, match="apply to channel targets"):
         build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(sliced=1.0))
@@ -133,9 +177,10 @@ def test_robust_recipe_runs(resnet, refs):
     assert torch.isfinite(res.history).all() and res.record["recipe"]["augment"] == "scale-rotate"
 
 
-def test_classes_take_the_fourier_image(resnet, refs):
-    rec = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(param="fourier"))
-    assert isinstance(rec.param, FourierParam) and rec.record["param"] == "fourier"
-    assert rec.settings.lr == 0.05
-    pix = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions())
-    assert not isinstance(pix.param, FourierParam) and pix.record["param"] == "pixel"
+def test_classes_take_the_fourier_image_by_default(resnet, refs):
+    for opts in (VitalOptions(), VitalOptions(param="fourier")):
+        rec = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), opts)
+        assert isinstance(rec.param, FourierParam) and rec.record["param"] == "fourier"
+        assert rec.settings.lr == 0.05
+    pix = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(param="pixel"))
+    assert not isinstance(pix.param, FourierParam) and pix.record["param"] == "pixel" and pix.settings.lr == 1.0

@@ -20,9 +20,10 @@ def _refs(seed: int, shift: float) -> vital.references.ReferenceSet:
 
 
 def test_class_run_objective_equals_independent_computation(tiny_model):
-    """The first logged loss is the sort-matching loss of the seeded initial image, recomputed here by hand."""
+    """The first logged loss is the sort-matching loss of the seeded initial image (the pixel image: a seeded normal
+    draw), recomputed here by hand."""
     refs = _refs(0, 0)
-    res = vital.visualize(tiny_model, vital.Class(3), refs, steps=3, progress=False, jitter=0, seed=5)
+    res = vital.visualize(tiny_model, vital.Class(3), refs, steps=3, progress=False, jitter=0, seed=5, param="pixel")
     layers = res.record["objective"]["terms"][1]["layers"]
     assert layers == ["stem", "stage1.1", "stage2.1"]  # the generic rule: stem + end of each resolution stage
     fx = FeatureExtractor(tiny_model.module, layers)

@@ -73,7 +73,7 @@ def _recipe(resnet, refs, channel=4, **opts):
 
 def test_multiply_rule_weights_are_constants(resnet, refs):
     """The gradient equals the one obtained with the synthetic min-max masks precomputed and frozen."""
-    obj = _recipe(resnet, refs, mask="multiply", unweighted=0.0, target_weight=0.0)
+    obj = _recipe(resnet, refs, mask="multiply", unweighted=0.0, target_weight=0.0, activation=0.0)
     x = torch.randn(1, 3, 64, 64, requires_grad=True)
     obj(Views.of(x)).sum().backward()
     rel = obj.engine(x.detach(), obj.channels)
@@ -91,8 +91,9 @@ def test_reference_rule_loss_by_hand(resnet, refs):
     """Mask rule "reference": the prototype is the mean over references of each one's relevance-weighted quantiles
     (computed here in numpy, one row at a time: the first sorted value whose cumulative weight reaches each level),
     and the loss is the importance-weighted squared difference to the sorted synthetic features; plus the unweighted
-    and target terms."""
+    and target terms, less the default activation term (weight 1: the target channel's mean activation)."""
     obj = _recipe(resnet, refs, mask="reference", unweighted=0.5, target_weight=2.0)
+    assert obj.activation == 1.0
     pixels = refs.load(resnet.transform())
     layers = [*obj.layers, "layer3.1"]
     feats = {n: f.double() for n, f in FeatureExtractor(resnet.module, layers)(pixels).items()}
@@ -122,6 +123,7 @@ def test_reference_rule_loss_by_hand(resnet, refs):
         expected += w * err + 0.5 * w * plain
     t = np.sort(sf["layer3.1"][0, 4].double().numpy())
     expected += 2.0 * ((t - obj.q_target[0, 0].double().numpy()) ** 2).mean()
+    expected -= 1.0 * sf["layer3.1"][0, 4].double().mean().item()
     assert float(obj(Views.of(x))) == pytest.approx(expected, rel=1e-4)
 
 

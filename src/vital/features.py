@@ -123,8 +123,10 @@ class FeatureExtractor:
         self.stop_early = stop_early
         self.copy = has_inplace(model)
         self.layouts: dict[str, Layout] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}  # each layer's raw output shape at the last call
 
     def _view(self, name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.shapes[name] = tuple(out.shape)
         if self.view == "raw":
             return out
         layout = self.layouts.get(name)

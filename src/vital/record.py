@@ -25,6 +25,9 @@ from vital.targets import Channel, Class, Direction, Target
 RECORD = "record.json"
 PHOTO_VIEW = re.compile(r"^skimage:(?P<name>[^#]+)#view\d+\(seed=(?P<seed>\d+)\)$")
 LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight": "bn_weight"}
+# Defaults of VITAL that changed after records were written, per kind of target, with the value they had before: a
+# rerun uses the value the run resolved (its recipe), or this one when the record predates the option.
+CHANGED_DEFAULTS = {"channel": {"activation": 0.0}, "class": {"param": "pixel"}}
 _DAMAGED = f"it is damaged or not a {RECORD} written by vital"
 
 
@@ -354,8 +357,11 @@ class RunRecord:
         return self.references[output.target_index]
 
     def run_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of `vital.visualize` that the run used: the method and every option."""
-        return {"method": self.method, **{k: v for k, v in self.options.items() if k != "progress"}}
+        """The keyword arguments of `vital.visualize` that the run used: the method and every option, with the
+        defaults that have changed since pinned to the values the run resolved (`pin_changed_defaults`)."""
+        options = {k: v for k, v in self.options.items() if k != "progress"}
+        kinds = [t.kind for t in self.targets]
+        return {"method": self.method, **pin_changed_defaults(self.method, kinds, options, self.recipe)}
 
 
 def upgrade_options(method: str, kinds: list[str], options: dict) -> dict:
@@ -376,3 +382,15 @@ def upgrade_options(method: str, kinds: list[str], options: dict) -> dict:
         out.update(mask="multiply", target_weight=0.0, unweighted=0.0, param="pixel")
     return out
 
+
+
+def pin_changed_defaults(method: str, kinds: list[str], options: dict, recipe: dict) -> dict:
+    """`options` with every default that changed after the run (`CHANGED_DEFAULTS`) and that the run left at None
+    replaced by the value the run resolved (its recipe), so that a rerun repeats the run."""
+    if method != "vital":
+        return dict(options)
+    out = dict(options)
+    for name, before in CHANGED_DEFAULTS["class" if all(k == "class" for k in kinds) else "channel"].items():
+        if out.get(name) is None:
+            out[name] = recipe.get(name, before)
+    return out

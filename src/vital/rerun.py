@@ -14,7 +14,14 @@ from pathlib import Path
 
 from vital.errors import VitalError
 from vital.models.zoo import LITE, RANDOM_ID, load_model
-from vital.record import ModelEntry, ReferenceEntry, RunRecord, legacy_origin, upgrade_options
+from vital.record import (
+    ModelEntry,
+    ReferenceEntry,
+    RunRecord,
+    legacy_origin,
+    pin_changed_defaults,
+    upgrade_options,
+)
 from vital.references.images import ReferenceSet
 from vital.visualize import Result, visualize
 
@@ -92,7 +99,9 @@ def run_arguments(record: dict) -> dict:
     option, older records upgraded)."""
     kinds = [t.get("kind", "") for t in record.get("targets", [])]
     options = {k: v for k, v in record["options"].items() if k != "progress"}
-    return {"method": record["method"], **upgrade_options(record["method"], kinds, options)}
+    upgraded = upgrade_options(record["method"], kinds, options)
+    return {"method": record["method"],
+            **pin_changed_defaults(record["method"], kinds, upgraded, record.get("recipe") or {})}
 
 
 def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = None, progress: bool = True,

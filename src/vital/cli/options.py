@@ -32,7 +32,12 @@ HELP: dict[str, str] = {
             "multiply: the authors' per-step masks of the image's features",
     "target_weight": "channels: weight of matching the target channel's own distribution (default 0)",
     "unweighted": "channels: weight of plain alignment beside the relevance-weighted one (default 1)",
-    "param": "channels: image parameterization, fourier (default) or pixel (the paper's)",
+    "param": "image parameterization: fourier (default, the decorrelated spectrum) or pixel (the paper's)",
+    "activation": "channels: weight of the target unit's mean activation, maximised beside the alignment "
+                  "(default 1; 0: the alignment alone, as the paper)",
+    "sliced": "channels: weight of sliced-Wasserstein alignment along random channel directions (default 0)",
+    "projections": "channels: number of those directions (default: one per channel)",
+    "augment": "channels: none (default) or scale-rotate (random scaling and rotation of every step's image)",
     "magnitude": "maco: a magnitude spectrum file (default: the references' mean amplitude spectrum)",
     "crops": "maco: random crops per image and step (default 4)",
     "bn_weight": "deepinversion: weight of the BatchNorm statistics term (default 0.01)",

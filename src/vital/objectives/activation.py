@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor, LayoutProbe
-from vital.layout import Layout
+from vital.layout import Layout, to_positions
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
 from vital.relevance import readout
@@ -121,9 +121,7 @@ class Activation(Term):
             if layout is None:
                 layout = self.layouts[layer] = LayoutProbe.layout(self.model.module, layer, tuple(raw.shape), x)
                 readout.check(units, tuple(raw.shape), layout, layer)
-            v = readout.values(raw, units, layout)  # (rows, P)
-            mask = readout.position_mask(units, tuple(raw.shape), layout, v.shape[1], raw.device)
-            loss = -v.mean(1) if mask is None else -(v * mask).sum(1) / mask.sum(1)
+            loss = -readout.mean_value(to_positions(raw, layout), units, tuple(raw.shape), layout)
             losses = losses.index_put((rows,), loss)
         return losses
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor, as_channels_by_positions
-from vital.layout import to_positions
+from vital.layout import Layout, to_positions
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term, Views
 from vital.objectives.sort_matching import (
@@ -38,8 +38,8 @@ from vital.objectives.sort_matching import (
     sort_matching_losses,
 )
 from vital.references.images import ReferenceSet
-from vital.relevance import ATTRIBUTION_METHODS, RelevanceEngine
-from vital.relevance.readout import Readout, as_readout
+from vital.relevance import ATTRIBUTION_METHODS, RelevanceEngine, readout
+from vital.relevance.readout import Readout, as_readout, cnn_layout
 
 MASK_EPS = 1e-6
 RELEVANCE_METHODS = (*ATTRIBUTION_METHODS, "none")
@@ -98,18 +98,19 @@ class Alignment(Term):
     def __init__(self, model: VisionModel, layers: Sequence[str], weights: Sequence[float],
                  references: Sequence[ReferenceSet], *, channels: Sequence[int] | Readout | None = None,
                  target_layer: str | None = None, relevance: str = "none", mask: str = "reference",
-                 target_weight: float = 0.0, unweighted: float = 0.0, chunk: int = 16):
+                 target_weight: float = 0.0, unweighted: float = 0.0, activation: float = 0.0, chunk: int = 16):
         if len(weights) != len(layers):
             raise VitalError(f"{len(layers)} layers but {len(weights)} layer weights; give one weight per layer")
         if relevance not in RELEVANCE_METHODS:
             raise VitalError(f"unknown relevance '{relevance}'; use one of {', '.join(RELEVANCE_METHODS)}")
         if mask not in MASK_RULES:
             raise VitalError(f"unknown mask rule '{mask}'; use one of {', '.join(MASK_RULES)}")
-        if (relevance != "none" or target_weight) and (channels is None or target_layer is None):
-            raise VitalError("relevance weighting and the target term need a target layer and one channel per sample")
+        if (relevance != "none" or target_weight or activation) and (channels is None or target_layer is None):
+            raise VitalError("relevance weighting, the target term and the activation term need a target layer and "
+                             "one unit per sample")
         self.model, self.layers, self.weights = model, list(layers), [float(w) for w in weights]
         self.relevance, self.mask, self.chunk = relevance, mask, chunk
-        self.target_weight, self.unweighted = float(target_weight), float(unweighted)
+        self.target_weight, self.unweighted, self.activation = float(target_weight), float(unweighted), float(activation)
         self.target_layer = target_layer
         # one unit per sample: a channel, a channel at a position, or a direction (vital.relevance.readout)
         self.units: Readout | None = None
@@ -122,8 +123,10 @@ class Alignment(Term):
             raise VitalError("the target term matches a whole channel's distribution; it does not apply to a "
                              "direction or a position: leave target_weight at 0")
         self.refs = ReferencePixels(model, references)
-        # the target layer's own output is captured too when it is matched (relevance there is unused)
-        extra = target_layer if self.target_weight and target_layer not in self.layers else None
+        # the target layer's own output is captured too when a term reads it (relevance there is unused): one
+        # forward serves the alignment, the target term and the activation term
+        reads_target = bool(self.target_weight or self.activation)
+        extra = target_layer if reads_target and target_layer not in self.layers else None
         captured = self.layers + ([extra] if extra is not None else [])
         self.extractor = FeatureExtractor(model.module, captured)
         self.engine = None
@@ -134,6 +137,7 @@ class Alignment(Term):
         self.q_plain: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}
         self.q_target: torch.Tensor | None = None
+        self._geometry: dict[str, tuple[tuple[int, ...], Layout]] = {}  # raw shape and layout of each captured layer
 
     @property
     def channels(self) -> torch.Tensor | None:
@@ -150,14 +154,17 @@ class Alignment(Term):
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """Features (B, C, P) of every captured layer, with their graph to x when grad is on, and, if asked, the
         target's relevance at the matched layers (detached). The LRP methods share one forward for both."""
-        if not relevance:
-            return self.extractor(x), None
+        if not (relevance and self.engine is not None and self.engine.joint_forward):
+            feats = self.extractor(x)
+            self._geometry = {n: (self.extractor.shapes[n], self.extractor.layouts[n]) for n in feats}
+            if not relevance:
+                return feats, None
+            assert self.engine is not None and channels is not None
+            rel = self.engine(x.detach(), channels)
+            return feats, {n: to_positions(r, self._geometry[n][1]) for n, r in rel.items() if n in self.layers}
         assert self.engine is not None and channels is not None
-        if not self.engine.joint_forward:
-            feats, rel = self.extractor(x), self.engine(x.detach(), channels)
-            layouts = self.extractor.layouts
-            return feats, {n: to_positions(r, layouts[n]) for n, r in rel.items() if n in self.layers}
         raw, rel = self.engine.features_and_relevance(x, channels)  # a rule chain: channels-first maps
+        self._geometry = {n: (tuple(f.shape), cnn_layout(f)) for n, f in raw.items()}
         feats = {n: as_channels_by_positions(f) for n, f in raw.items()}
         return feats, {n: as_channels_by_positions(r) for n, r in rel.items() if n in self.layers}
 
@@ -228,6 +235,10 @@ class Alignment(Term):
             f = feats[self.target_layer]
             row = f[torch.arange(f.shape[0], device=f.device), channels].unsqueeze(1)
             loss = loss + self.target_weight * sort_matching_loss(row, per_view(self.q_target))
+        if self.activation:
+            assert self.target_layer is not None and units is not None  # checked in __init__
+            shape, layout = self._geometry[self.target_layer]
+            loss = loss - self.activation * readout.mean_value(feats[self.target_layer], units, shape, layout)
         return v.per_image(loss)
 
     def state(self) -> dict:
@@ -235,4 +246,6 @@ class Alignment(Term):
         if self.units is not None:
             out.update(target_layer=self.target_layer, mask=self.mask, target_weight=self.target_weight,
                        unweighted=self.unweighted)
+            if self.activation:
+                out["activation"] = self.activation
         return out

@@ -152,6 +152,14 @@ def values(a: torch.Tensor, readout: Readout, layout: Layout) -> torch.Tensor:
     return torch.einsum("bcp,bc->bp", pos, _weights(readout, pos.shape[1], pos))
 
 
+def mean_value(pos: torch.Tensor, readout: Readout, shape: tuple[int, ...], layout: Layout) -> torch.Tensor:
+    """(B,) the readout of positions-view features `pos` (B, C, P), averaged over its positions (every one, or the
+    chosen one); `shape` and `layout` are those of the layer's own output. What an activation objective maximises."""
+    v = torch.einsum("bcp,bc->bp", pos, _weights(readout, pos.shape[1], pos))
+    mask = position_mask(readout, shape, layout, v.shape[1], pos.device)
+    return v.mean(1) if mask is None else (v * mask).sum(1) / mask.sum(1)
+
+
 def position_mask(readout: Readout, shape: tuple[int, ...], layout: Layout, p: int, device) -> torch.Tensor | None:
     """(B, P) mask of the chosen positions (None: every position)."""
     if readout.positions is None:
