@@ -1,13 +1,14 @@
 """Quality of VITAL class visualizations on efficientnet_lite0, with references that exist offline: one photograph
 per class, its references `--refs` seeded random views of it (`vital.references.photos.views`).
 
-Classes: the five of `OFFLINE_PHOTOS` plus 652 military uniform (matplotlib's grace_hopper.jpg, lite0's and lite1's
-top-1 on the photo). Variants: `--params pixel,fourier` runs the paper's pixel image and the decorrelated Fourier
-image (`param="fourier"`), each as one batch, same steps and seed. Per image: the target model's top-1 and the rank
-it gives the class, the independent judges' (efficientnet_lite1/lite2) ranks, and HF = the high-frequency share of
-spectral power (above a quarter of Nyquist) of the image over that of its reference photo (1: as sharp as the photo;
-stripes and pixel noise raise it). The photos themselves are judged as the first row group (what the judges can do
-on real photos). Summary figures carry a 95% percentile bootstrap interval over classes (few classes: wide).
+Classes: the five of `OFFLINE_PHOTOS`, 652 military uniform (matplotlib's grace_hopper.jpg, lite0's and lite1's
+top-1 on the photo), and three photos no earlier tuning used (`UNSEEN`: 892 wall clock, 985 daisy, 698 palace).
+Variants: `--params pixel,fourier` runs the paper's pixel image and the decorrelated Fourier image
+(`param="fourier"`), each as one batch, same steps and seed. Per image: the target model's top-1 and the rank it
+gives the class, the independent judges' (efficientnet_lite1/lite2) ranks, and HF = the high-frequency share of
+spectral power (above a quarter of Nyquist) of the image over that of its reference photo (1: as sharp as the
+photo; stripes and pixel noise raise it). The photos themselves are judged as the first row group (what the judges
+can do on real photos). Summary figures carry a 95% percentile bootstrap interval over classes (few classes: wide).
 Usage: python bench/quality_class.py [--steps 1000] [--params pixel,fourier] [--out bench/out/quality_class]
 """
 
@@ -33,11 +34,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from intervals import bootstrap  # noqa: E402
 from sheets import grid  # noqa: E402
 
-PHOTOS = {**OFFLINE_PHOTOS, 652: "grace_hopper.jpg"}
+# Photos that no earlier tuning used: a motion-blurred wall clock (scikit-image), and scikit-learn's two sample
+# photos (a daisy, the Summer Palace), each the class that lite0 and lite1 give the photo.
+UNSEEN = {892: "clock_motion.png", 985: "flower.jpg", 698: "china.jpg"}
+PHOTOS = {**OFFLINE_PHOTOS, 652: "grace_hopper.jpg", **UNSEEN}
 
 
 def photo_file(name: str) -> str:
-    return next(f for f in offline_photo_files() if Path(f).name == name)
+    import sklearn.datasets
+
+    sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
+    files = [*offline_photo_files(), *map(str, sorted(sklearn_images.glob("*.jpg")))]
+    return next(f for f in files if Path(f).name == name)
 
 
 def references(cls: int, n: int, seed: int) -> ReferenceSet:
@@ -79,7 +87,7 @@ def main() -> None:
     rows = {"photo": judged(model, judges, photos, classes, hf_photo)}
     images, seconds = {}, {}
     for param in a.params.split(","):
-        cache = out / f"{param}_{a.steps}_{a.seed}.pt"
+        cache = out / f"{param}_{a.steps}_{a.seed}_{'-'.join(map(str, classes))}.pt"
         if cache.is_file():
             images[param], seconds[param] = torch.load(cache)
         else:
