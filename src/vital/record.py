@@ -27,7 +27,7 @@ PHOTO_VIEW = re.compile(r"^skimage:(?P<name>[^#]+)#view\d+\(seed=(?P<seed>\d+)\)
 LEGACY_EXTRA = {"maco_magnitude": "magnitude", "maco_crops": "crops", "bn_weight": "bn_weight"}
 # Defaults of VITAL that changed after records were written, per kind of target, with the value they had before: a
 # rerun uses the value the run resolved (its recipe), or this one when the record predates the option.
-CHANGED_DEFAULTS = {"channel": {"activation": 0.0}, "class": {"param": "pixel"}}
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {"channel": {"activation": 0.0}, "class": {"param": "pixel"}}
 _DAMAGED = f"it is damaged or not a {RECORD} written by vital"
 
 
