@@ -52,8 +52,9 @@ class VitalOptions:
     layer weight. Channels only: relevance (lrp, lrp-restricted, guided-backprop, none), mask (reference,
     multiply), target_weight (the target channel's own distribution), unweighted (a share of plain alignment beside
     the relevance-weighted one), activation (weight of the target's mean activation, maximised beside the
-    alignment from the same forward; default 1, 0 is the paper's alignment alone), sliced / projections (weight of sliced-Wasserstein alignment along random channel directions and
-    their number, default one per channel; `vital.objectives.sliced`) and augment (none, scale-rotate: random
+    alignment from the same forward; default 1, 0 is the paper's alignment alone), sliced / projections (weight
+    of sliced-Wasserstein alignment along random channel directions and their number, default one per channel;
+    `vital.objectives.sliced`) and augment (none, scale-rotate: random
     scaling and rotation of every step's image, `vital.transforms.scale_rotate`). param (pixel, fourier) applies to
     classes too (both default to fourier; pixel is the paper's image)."""
 
