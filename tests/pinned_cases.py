@@ -1,10 +1,13 @@
-"""Cases whose outputs are pinned bit for bit (tests/fixtures/house_pins.pt, written by
-tests/fixtures/make_house_pins.py before a restructuring): every relevance backend, the activation objective's
-channel, position and direction readouts, and short VITAL neuron runs (chain, modified-gradient, guided)."""
+"""Cases whose outputs are pinned within the rounding of any CPU (tests/pins.py): every relevance backend, the
+activation objective's channel, position and direction readouts and short VITAL runs (chain, modified-gradient,
+guided) in tests/fixtures/house_pins.npz; the reruns of old run records and a batch job in
+tests/data/old_records/pixels.npz. Both files are written by tests/fixtures/make_house_pins.py."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 import vital
+from vital.io import to_uint8
 from vital.models import load_model
 from vital.references.images import from_images
 from vital.relevance import RelevanceEngine
@@ -134,10 +138,30 @@ CASES: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
 }
 
 
-def digest(t: torch.Tensor) -> dict:
-    """What pins a tensor: the sha256 of its bytes (bit-identical or not), and its shape and sum to say how far."""
-    import hashlib
+IMAGE_CASES = {"vital_runs"}  # outputs compared as saved pixels, not as float tensors
+OLD_RECORDS = Path(__file__).parent / "data" / "old_records"
 
-    t = t.detach().contiguous().cpu()
-    return {"sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(), "shape": list(t.shape),
-            "sum": float(t.double().sum())}
+
+def rerun_record(name: str) -> dict[str, np.ndarray]:
+    """The saved pixels of an old run record (tests/data/old_records/NAME) run again: efficientnet_lite0, two steps."""
+    return {str(i): to_uint8(im) for i, im in enumerate(vital.rerun(OLD_RECORDS / name, progress=False).images)}
+
+
+def batch_job() -> dict[str, np.ndarray]:
+    """Five class targets of a batch job on a tiny seeded network, in batches of two (tests/conftest.py)."""
+    from conftest import class_job, noise_folder, pixels
+
+    from vital.jobs import run_job
+
+    with tempfile.TemporaryDirectory() as tmp:
+        refs = noise_folder(Path(tmp) / "refs", 6)
+        run_job(class_job(refs, options={"param": "pixel"}), Path(tmp) / "out", progress=False)
+        return pixels(Path(tmp) / "out")
+
+
+# pinned by tests/test_record.py: saved pixels, (H, W, 3) uint8
+RECORD_CASES: dict[str, Callable[[], dict[str, np.ndarray]]] = {
+    "class": lambda: rerun_record("class"),
+    "neuron": lambda: rerun_record("neuron"),
+    "batch": batch_job,
+}

@@ -1,18 +1,18 @@
 """vital.record: one reader and writer of record.json. Records written by earlier code (tests/data/old_records,
-written by the code before RunRecord existed) read back to the same JSON and rerun to the same pixels; a batch job
-writes the same records and pixels; every hand-edited field is one line naming the file and the field."""
+written by the code before RunRecord existed) read back to the same JSON and rerun to the same pixels (within the
+rounding of any CPU: tests/pins.py); a batch job writes the same records and pixels; every hand-edited field is one
+line naming the file and the field."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import class_job, noise_folder, pixels
+from pins import load_pins, mismatches, pin_parts
 
 import vital
 from vital.errors import VitalError
@@ -21,12 +21,8 @@ from vital.jobs import run_job
 from vital.record import RECORD, RunRecord
 
 OLD = Path(__file__).parent / "data" / "old_records"
-HASHES = json.loads((OLD / "pixels.json").read_text())
+PIXELS = load_pins(OLD / "pixels.npz")  # tests/fixtures/make_house_pins.py
 VOLATILE = ("timings", "versions")  # what two runs of the same record may differ in
-
-
-def _sha(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 # Fields that later options added to the record, each with the value that means "as before" (the option off, or
@@ -59,17 +55,29 @@ def test_records_read_back_to_the_json_they_were_read_from():
 @pytest.mark.parametrize("name", ["class", "neuron"])
 def test_old_records_rerun_to_the_same_pixels_and_record(name, tmp_path):
     again = vital.rerun(OLD / name, progress=False)
-    assert [_sha(to_uint8(im)) for im in again.images] == HASHES[name]
+    got = pin_parts({str(i): to_uint8(im) for i, im in enumerate(again.images)}, images=True)
+    assert not mismatches(got, PIXELS[name]), mismatches(got, PIXELS[name])
     again.save(tmp_path / "again")
     new = json.loads((tmp_path / "again" / RECORD).read_text())
     old = json.loads((OLD / name / RECORD).read_text())
     assert _stable(new) == _stable(old)
 
 
+@pytest.mark.integration
+def test_a_record_run_one_step_longer_fails_the_pixel_pin():
+    """The pixel pins see a wrong program: the class record with three steps instead of two is far outside them."""
+    data = json.loads((OLD / "class" / RECORD).read_text())
+    data["options"]["steps"] = 3
+    longer = vital.rerun(data, progress=False)
+    got = pin_parts({str(i): to_uint8(im) for i, im in enumerate(longer.images)}, images=True)
+    assert len(mismatches(got, PIXELS["class"])) == 2
+
+
 def test_a_batch_job_writes_the_same_records_and_pixels_as_before(tmp_path):
     refs = noise_folder(tmp_path / "refs", 6)
     run_job(class_job(refs, options={"param": "pixel"}), tmp_path / "out", progress=False)  # the image they had
-    assert {k: _sha(v) for k, v in pixels(tmp_path / "out").items()} == HASHES["batch"]
+    got = pin_parts(pixels(tmp_path / "out"), images=True)
+    assert not mismatches(got, PIXELS["batch"]), mismatches(got, PIXELS["batch"])
     for folder in sorted((OLD / "batch").iterdir()):
         old = (folder / RECORD).read_text().replace("/tmp/ho/batchrefs", str(refs.resolve()))
         new = json.loads((tmp_path / "out" / folder.name / RECORD).read_text())
