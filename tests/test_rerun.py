@@ -127,3 +127,33 @@ def test_records_from_before_typed_options_give_valid_arguments():
     split_options("vital", {k: v for k, v in cls.items() if k != "method"})
     neuron = run_arguments({"method": "vital", "targets": [{"kind": "channel"}], "options": {**old, "extra": {}}})
     assert (neuron["relevance"], neuron["mask"], neuron["param"]) == ("lrp", "multiply", "pixel")
+
+
+def test_rerun_says_whether_it_is_on_the_recorded_machine(lite0, tmp_path, capsys):
+    """Same machine and build: pixel-identical, and said so; a record from other kernels or another torch is told
+    apart by name; an old record without a machine entry says it cannot tell."""
+    from vital.record import RunRecord
+    from vital.rerun import reproducibility
+
+    first = vital.visualize(lite0, vital.Class(282), photo_references(282, n=2), steps=1, progress=False)
+    first.save(tmp_path / "run")
+    rec = RunRecord.read(tmp_path / "run")
+    assert set(rec.versions["machine"]) >= {"cpu", "kernels", "threads"}
+    again = vital.rerun(rec, progress=False)
+    line = reproducibility(rec, again)
+    assert line.startswith("the same machine and build") and "pixel-identical" in line
+    loss = f"{rec.final_loss[0]:.4g}"
+    assert line.endswith(f"final loss {loss} -> {loss}")
+
+    data = json.loads((tmp_path / "run" / "record.json").read_text())
+    here = data["versions"]["machine"]["kernels"]
+    data["versions"]["machine"]["kernels"] = "DEFAULT" if here != "DEFAULT" else "AVX2"
+    data["versions"]["torch"] = "2.0.0"
+    line = reproducibility(RunRecord.from_json(data))
+    assert line.startswith("another machine or build") and "torch 2.0.0 -> " in line and f"-> {here}" in line
+
+    del data["versions"]["machine"]
+    assert "does not name the machine" in reproducibility(RunRecord.from_json(data))
+
+    assert main(["rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again"), "-q"]) == 0
+    assert "the same machine and build" in capsys.readouterr().out

@@ -75,11 +75,33 @@ def loss_curve(history: torch.Tensor, points: int = LOSS_CURVE_POINTS) -> list[f
     return history[:: max(1, len(history) // points)].mean(dim=1).tolist()
 
 
-def versions() -> dict:
+def versions(device: torch.device | str | None = None) -> dict:
+    """What decides a run's rounding besides its options: the builds, and the processor that ran it (see
+    `machine`). A rerun compares them with its own (`vital.rerun.reproducibility`)."""
     import torchvision
 
     return {"vital": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
+            "python": sys.version.split()[0], "platform": platform.platform(), "machine": machine(device)}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device | str | None = None) -> dict:
+    """The CPU model, the vectorised kernels PyTorch chose on it (`ATEN_CPU_CAPABILITY`), the thread count and, for
+    a CUDA device, the GPU: each changes float rounding, so two runs agree bit for bit only where all of them do."""
+    out = {"cpu": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    return out
 
 
 def _thumb(im: Image.Image, size: int) -> Image.Image:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from vital.errors import VitalError
+from vital.io import versions
 from vital.models.zoo import LITE, RANDOM_ID, load_model
 from vital.record import (
     ModelEntry,
@@ -25,7 +26,7 @@ from vital.record import (
 from vital.references.images import ReferenceSet
 from vital.visualize import Result, visualize
 
-__all__ = ["legacy_origin", "references_from_record", "rerun", "run_arguments"]
+__all__ = ["legacy_origin", "references_from_record", "reproducibility", "rerun", "run_arguments"]
 
 
 def _weights(model: ModelEntry) -> str | None:
@@ -121,3 +122,31 @@ def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = Non
     for entry, r in zip(run.references, refs, strict=True):
         _check_hashes(entry, r)
     return visualize(model, targets, refs, progress=progress, **run.run_arguments())
+
+
+def _differences(then: dict, now: dict) -> list[str]:
+    """What differs between two records' `versions`: the builds and the machine's CPU, kernels, threads and GPU."""
+    out = [f"{k} {then.get(k)} -> {now.get(k)}" for k in ("vital", "torch", "torchvision") if then.get(k) != now.get(k)]
+    was, here = then.get("machine") or {}, now.get("machine") or {}
+    out += [f"{k} {was.get(k)} -> {here.get(k)}" for k in ("cpu", "kernels", "threads", "gpu") if was.get(k) != here.get(k)]
+    return out
+
+
+def reproducibility(run: RunRecord, result: Result | None = None, device: str | None = None) -> str:
+    """Which of the rerun guarantees (README, Guarantees) holds for `run` repeated here, as one line: on the same
+    machine and build the images are pixel-identical; on another CPU, thread count or build they differ by float
+    rounding, which Adam carries further the longer the run; with the rerun's `result`, the final losses show how
+    far (the same target and references give the same loss, up to that rounding). `device`: the rerun's, as
+    `rerun` takes it."""
+    now = versions(device or "cpu")
+    if not (run.versions or {}).get("machine"):
+        line = "the record does not name the machine it ran on (an older record): pixel-identical only where it ran"
+    elif diffs := _differences(run.versions, now):
+        line = (f"another machine or build ({'; '.join(diffs)}): the images differ by float rounding (a few steps: "
+                "within 25 levels on 0.1% of values; long runs further, see bench/RESULTS.md, 'Rerun drift')")
+    else:
+        line = "the same machine and build as the recorded run: the images are pixel-identical"
+    if result is not None and run.final_loss and result.run is not None and result.run.final_loss:
+        pairs = ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in zip(run.final_loss, result.run.final_loss, strict=False))
+        line += f"; final loss {pairs}"
+    return line

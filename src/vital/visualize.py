@@ -112,7 +112,7 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         [TargetEntry.of(t, _label(model, t)) for t in base_targets], options_record,
         [None if r is None else ReferenceEntry.of(r) for r in base_refs],
         recipe.settings.as_dict(), recipe.objective.state(), recipe.param.state(), recipe.record, seed,
-        str(model.device), versions(),
+        str(model.device), versions(model.device),
         {"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3), "optimise_s": round(trace.seconds, 3),
          "step_ms": round(1000 * trace.step_seconds, 3)},
         trace.history[-1].tolist(), loss_curve(trace.history))

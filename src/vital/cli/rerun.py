@@ -23,9 +23,12 @@ def add(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from vital.folders import RunFolder
-    from vital.rerun import rerun
+    from vital.record import RunRecord
+    from vital.rerun import reproducibility, rerun
 
+    record = RunRecord.read(a.record)
     with RunFolder(a.out, a.overwrite):
-        result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)
+        result = rerun(record, device=a.device, progress=not a.quiet, weights=a.weights)
         print_outputs(result, result.save(a.out, overwrite=a.overwrite))
+    print(reproducibility(record, result, a.device))
     return 0
