@@ -61,7 +61,7 @@ def class_rows(model, refs, batches: list[int], steps: int) -> tuple[list[str], 
     rows, best = [], (float("inf"), 1)
     for b in batches:
         try:
-            prep, step = run_seconds(model, [Class(k) for k in refs[:b]], [r for _, r in refs[:b]], steps)
+            prep, step = run_seconds(model, [Class(k) for k, _ in refs[:b]], [r for _, r in refs[:b]], steps)
         except torch.OutOfMemoryError:
             rows.append(f"| {b} | out of memory | | |")
             break

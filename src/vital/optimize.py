@@ -97,7 +97,7 @@ class Trace:
 def optimize(param: Parameterization, objective: Term, settings: LoopSettings, *,
              augment: Augment | None = None, description: str = "vital") -> Trace:
     """Run every stage of `settings` on `param` against `objective`. Raises VitalError on a non-finite loss."""
-    gen = torch.Generator().manual_seed(settings.seed + 1)  # the parameterization used `seed` for its init
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed + 1)  # the parameterization used `seed` for its init
     first = param.image().detach()
     acc = torch.zeros(first.shape[0], *first.shape[2:], device=first.device, dtype=first.dtype)
     history: list[torch.Tensor] = []

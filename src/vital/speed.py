@@ -168,7 +168,7 @@ def accelerate(model: VisionModel, options: SpeedOptions, check: bool = True, se
     acceleration = Acceleration(model, options)
     if not options.any:
         return acceleration.apply()
-    x = torch.randn(2, 3, model.size, model.size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(2, 3, model.size, model.size, generator=torch.Generator(device="cpu").manual_seed(seed))
     x = x.to(device=model.device, dtype=model.dtype)
     before = _probe(model, SpeedOptions(), x) if check else None
     acceleration.apply()

@@ -21,19 +21,19 @@ def jitter(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Te
     """Circular shift of (B, C, H, W) by (dy, dx), each uniform in the integers of [-pixels, pixels]."""
     if pixels <= 0:
         return x
-    dy, dx = torch.randint(-pixels, pixels + 1, (2,), generator=generator).tolist()
+    dy, dx = torch.randint(-pixels, pixels + 1, (2,), generator=generator, device=generator.device).tolist()
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Horizontal flip of the whole batch with probability 1/2."""
-    return x.flip(3) if torch.rand((), generator=generator) < 0.5 else x
+    return x.flip(3) if torch.rand((), generator=generator, device=generator.device) < 0.5 else x
 
 
 def random_scale(x: torch.Tensor, generator: torch.Generator, lo: float = 0.9, hi: float = 1.1) -> torch.Tensor:
     """Lucid's random scaling: resize by s ~ U(lo, hi), then back to the input size (crop when larger, resize when
     smaller)."""
-    s = float(torch.empty(()).uniform_(lo, hi, generator=generator))
+    s = float(torch.empty((), device=generator.device).uniform_(lo, hi, generator=generator))
     y = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
     if s < 1:
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -47,8 +47,9 @@ def crop_boxes(n: int, generator: torch.Generator, crop_scale: Sequence[float] =
     lo, hi = crop_scale
     if not 0 < lo <= hi <= 1:
         raise VitalError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
-    side = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-    centre = (torch.rand(n, 2, generator=generator, dtype=torch.float64) * 2 - 1) * (1 - side[:, None])
+    side = lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    centre = torch.rand(n, 2, generator=generator, device=generator.device, dtype=torch.float64) * 2 - 1
+    centre = centre * (1 - side[:, None])
     return torch.cat([side[:, None], centre], dim=1)
 
 
@@ -77,7 +78,8 @@ def crops_with_noise(x: torch.Tensor, generator: torch.Generator, n_crops: int, 
     boxes = crop_boxes(x.shape[0] * n_crops, generator, crop_scale)
     crops = crop_resize(x, boxes, out_size)
     # the noise is drawn where x lives (no large host-to-device copy each step), seeded from the CPU generator
-    local = torch.Generator(device=x.device).manual_seed(int(torch.randint(2**62, (), generator=generator)))
+    local = torch.Generator(device=x.device).manual_seed(int(torch.randint(2**62, (), generator=generator,
+                                                                          device=generator.device)))
     eps = torch.randn(crops.shape, generator=local, device=x.device, dtype=x.dtype)
     return crops + eps * (noise.to(x) if isinstance(noise, torch.Tensor) else noise)
 
@@ -101,6 +103,8 @@ ROTATE_DEGREES = 10.0
 def scale_rotate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Transformation robustness (Lucid's standard transforms): one random scale s ~ U(0.9, 1.1) and rotation
     ~ U(-10, 10) degrees for the whole batch, on top of the loop's jitter."""
-    s = float(torch.empty((), dtype=torch.float64).uniform_(*SCALE_RANGE, generator=generator))
-    d = float(torch.empty((), dtype=torch.float64).uniform_(-ROTATE_DEGREES, ROTATE_DEGREES, generator=generator))
+    def draw(lo: float, hi: float) -> float:
+        return float(torch.empty((), dtype=torch.float64, device=generator.device).uniform_(lo, hi, generator=generator))
+
+    s, d = draw(*SCALE_RANGE), draw(-ROTATE_DEGREES, ROTATE_DEGREES)
     return affine_scale_rotate(x, s, d)

@@ -182,7 +182,7 @@ def check_input_size(model: VisionModel, settings: LoopSettings) -> None:
 
 def seed_generator(run: RunOptions) -> torch.Generator:
     """The CPU generator every parameterization draws its initial image from: a seed gives the same image anywhere."""
-    return torch.Generator().manual_seed(run.seed)
+    return torch.Generator(device="cpu").manual_seed(run.seed)
 
 
 def pixel_param(model: VisionModel, batch: int, run: RunOptions, clip: bool, std: float = 1.0) -> PixelParam:

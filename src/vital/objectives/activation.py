@@ -22,7 +22,7 @@ REDUCTIONS = ("mean", "sum", "max")
 
 
 def _per_sample_index(index: torch.Tensor, batch: int, count: int, what: str) -> torch.Tensor:
-    index = torch.as_tensor(index).long().reshape(-1)
+    index = (index if isinstance(index, torch.Tensor) else torch.as_tensor(index, device="cpu")).long().reshape(-1)
     if index.numel() != batch:
         raise VitalError(f"one {what} per sample is needed: got {index.numel()} for a batch of {batch}")
     if index.numel() and (index.min() < 0 or index.max() >= count):

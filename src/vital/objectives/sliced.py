@@ -26,7 +26,7 @@ from vital.objectives.sort_matching import PrototypeAccumulator, sort_matching_l
 
 def random_directions(k: int, c: int, generator: torch.Generator) -> torch.Tensor:
     """(k, c) rows drawn uniformly on the unit sphere of R^c (normalised Gaussian vectors)."""
-    d = torch.randn(k, c, generator=generator, dtype=torch.float64)
+    d = torch.randn(k, c, generator=generator, device=generator.device, dtype=torch.float64)
     return (d / d.norm(dim=1, keepdim=True)).float()
 
 
@@ -65,7 +65,7 @@ class SlicedAlignment(Alignment):
     @torch.no_grad()
     def prepare(self, downsample: int) -> None:
         super().prepare(downsample)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
         q: dict[int, dict[str, torch.Tensor]] = {}
         for i in self.refs.unique():
             accs = {n: PrototypeAccumulator() for n in self.layers}

@@ -44,8 +44,8 @@ def decorrelate(rgb: torch.Tensor) -> torch.Tensor:
 
 def frequency_scale(size: int, decay_power: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """1 / max(|f|, 1/size) ** decay_power on the rfft2 grid (size, size//2+1): low frequencies get large steps."""
-    fy = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]
-    fx = torch.fft.rfftfreq(size, dtype=torch.float64)[None, :]
+    fy = torch.fft.fftfreq(size, dtype=torch.float64, device="cpu")[:, None]  # float64 on the CPU: MPS has none
+    fx = torch.fft.rfftfreq(size, dtype=torch.float64, device="cpu")[None, :]
     f = torch.sqrt(fx**2 + fy**2).clamp(min=1.0 / size)
     return (1.0 / f**decay_power).to(device=device, dtype=dtype)
 
@@ -70,7 +70,7 @@ class FourierParam(Parameterization):
         self.scale = frequency_scale(size, decay_power, lo.dtype, lo.device)
         shape = (batch, 3, size, size // 2 + 1, 2)
         if init is None:
-            init = sd * torch.randn(shape, generator=generator)
+            init = sd * torch.randn(shape, generator=generator, device=generator.device)
         elif tuple(init.shape) != shape:
             raise VitalError(f"a Fourier init must have shape {shape}, got {tuple(init.shape)}")
         self.spectrum = init.to(device=lo.device, dtype=lo.dtype).clone().requires_grad_(True)
@@ -84,7 +84,7 @@ class FourierParam(Parameterization):
         x01 = x01.to(device=lo.device, dtype=lo.dtype)
         z = decorrelate(torch.logit(x01)) * SPATIAL_SCALE
         spec = torch.fft.rfft2(z, norm="ortho") / frequency_scale(size, decay_power, lo.dtype, lo.device)
-        return cls(x01.shape[0], size, lo, hi, generator=torch.Generator(), decay_power=decay_power,
+        return cls(x01.shape[0], size, lo, hi, generator=torch.Generator(device="cpu"), decay_power=decay_power,
                    init=torch.view_as_real(spec))
 
     def parameters(self) -> list[torch.Tensor]:

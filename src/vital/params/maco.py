@@ -130,7 +130,7 @@ class MacoParam(Parameterization):
         self.magnitude = symmetrize_magnitude(magnitude.detach().to(device=lo.device, dtype=lo.dtype))
         shape = (batch, *magnitude_shape(size))
         if init_phase is None:
-            init_phase = (torch.rand(shape, generator=generator) * 2 - 1) * torch.pi
+            init_phase = (torch.rand(shape, generator=generator, device=generator.device) * 2 - 1) * torch.pi
         elif tuple(init_phase.shape) != shape:
             raise VitalError(f"a MACO init_phase must have shape {shape}, got {tuple(init_phase.shape)}")
         self.phase_param = init_phase.to(device=lo.device, dtype=lo.dtype).clone().requires_grad_(True)

@@ -12,7 +12,8 @@ class PixelParam(Parameterization):
                  clip: bool = True, init: torch.Tensor | None = None):
         super().__init__(batch, size, lo, hi)
         if init is None:
-            init = torch.randn(batch, 3, size, size, generator=generator)  # CPU generator: same draw on any device
+            # drawn where the (CPU) generator lives: the same draw on any device
+            init = torch.randn(batch, 3, size, size, generator=generator, device=generator.device)
         self.x = init.to(device=lo.device, dtype=lo.dtype).clone().requires_grad_(True)
         self.clip = clip
 

@@ -42,13 +42,20 @@ class RawFolder(Dataset):
                 return ("jpeg", torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)), i, True, self.files[i]
             return ("pixels", self.transform(load_rgb(path))), i, True, self.files[i]
         except UNREADABLE:
-            return ("pixels", torch.zeros(3, self.size, self.size)), i, False, self.files[i]
+            return ("pixels", torch.zeros(3, self.size, self.size, device="cpu")), i, False, self.files[i]
 
 
 def collate(items: list) -> tuple[list, torch.Tensor, torch.Tensor, list[str]]:
-    """Payloads as a list (images of any size), the rest as the default collate would make them."""
-    return ([it[0] for it in items], torch.tensor([it[1] for it in items]), torch.tensor([it[2] for it in items]),
-            [it[3] for it in items])
+    """Payloads as a list (images of any size), the rest as the default collate would make them (on the CPU, named:
+    the loader's batches go to the model's device in one copy)."""
+    return ([it[0] for it in items], torch.tensor([it[1] for it in items], device="cpu"),
+            torch.tensor([it[2] for it in items], device="cpu"), [it[3] for it in items])
+
+
+def collate_pixels(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """`collate` for preprocessed images of one size: the payloads stacked."""
+    payloads, index, ok, names = collate(items)
+    return torch.stack(payloads), index, ok, names
 
 
 class DeviceDecoder:
@@ -110,4 +117,4 @@ class DeviceDecoder:
                 x = None if x is None else x.to(self.device)
             ok.append(x is not None)
             rows.append(x if x is not None else torch.zeros(3, self.size, self.size, device=self.device))
-        return torch.stack(rows).to(self.dtype), torch.tensor(ok)
+        return torch.stack(rows).to(self.dtype), torch.tensor(ok, device=rows[0].device)

@@ -28,7 +28,7 @@ from vital.errors import VitalError
 from vital.features import FeatureExtractor
 from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
-from vital.references.decode import DeviceDecoder, RawFolder, collate
+from vital.references.decode import DeviceDecoder, RawFolder, collate, collate_pixels
 from vital.references.images import UNREADABLE, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, effective_fields, receptive_fields
 from vital.references.sources import HFImages, TarShards, source_for
@@ -68,7 +68,7 @@ class _Folder(Dataset):
         try:
             return self.transform(load_rgb(self.root / self.files[i])), i, True, self.files[i]
         except UNREADABLE:
-            return torch.zeros(3, self.size, self.size), i, False, self.files[i]
+            return torch.zeros(3, self.size, self.size, device="cpu"), i, False, self.files[i]
 
 
 class _Streamed(Dataset):
@@ -85,7 +85,7 @@ class _Streamed(Dataset):
         try:
             return self.transform(self.source.open(i)), i, True, self.files[i]
         except UNREADABLE:
-            return torch.zeros(3, self.size, self.size), i, False, self.files[i]
+            return torch.zeros(3, self.size, self.size, device="cpu"), i, False, self.files[i]
 
 
 def _source(images, model: VisionModel) -> tuple[_Folder | _Streamed | ModelSpaceDataset, dict[str, Any], int]:
@@ -277,7 +277,7 @@ class _Pass:
             decoder = DeviceDecoder(model, size)
         loader = DataLoader(Subset(data, range(start, len(self.data))), batch_size=batch_size, shuffle=False,
                             num_workers=workers, pin_memory=device.type == "cuda",
-                            collate_fn=collate if decoder is not None else None)
+                            collate_fn=collate if decoder is not None else collate_pixels)
         bar = tqdm(total=len(self.data), initial=start, unit="img", desc="mining", disable=not progress,
                    dynamic_ncols=True)
         try:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vital.errors import VitalError
@@ -69,7 +70,7 @@ def merge_stores(shards: Sequence[str | os.PathLike], out: str | os.PathLike,
         if keys:
             raise VitalError(f"shard {path} differs from {shards[0]} in {', '.join(keys)}; mine every shard alike")
     names = [name for _, _, files in loaded for name in files]
-    offsets = torch.tensor([0, *[len(files) for _, _, files in loaded]]).cumsum(0).tolist()
+    offsets = np.cumsum([0, *[len(files) for _, _, files in loaded]]).tolist()
     k, n_images = first["k"], first["n_images"]
     m = max(k, n_images)
     lists: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -40,19 +40,19 @@ def views(image: Image.Image, n: int, seed: int = 0, scale: tuple[float, float] 
     """`n` seeded random resized crops (aspect 3/4..4/3) with random horizontal flips; the first is the whole photo."""
     from torchvision.transforms import functional as TF
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     out = [image]
     w, h = image.size
     side = min(w, h)
     while len(out) < n:
-        area = w * h * float(torch.empty(1).uniform_(*scale, generator=gen))
-        ratio = float(torch.empty(1).uniform_(3 / 4, 4 / 3, generator=gen))
+        area = w * h * float(torch.empty(1, device=gen.device).uniform_(*scale, generator=gen))
+        ratio = float(torch.empty(1, device=gen.device).uniform_(3 / 4, 4 / 3, generator=gen))
         cw = min(w, max(16, round((area * ratio) ** 0.5)))
         ch = min(h, max(16, round((area / ratio) ** 0.5)))
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen, device=gen.device))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen, device=gen.device))
         crop = TF.crop(image, top, left, ch, cw).resize((side, side), Image.Resampling.BICUBIC)
-        if torch.rand(1, generator=gen) < 0.5:
+        if torch.rand(1, generator=gen, device=gen.device) < 0.5:
             crop = TF.hflip(crop)
         out.append(crop)
     return out
@@ -116,7 +116,7 @@ def photo_corpus(out: str | os.PathLike, size: int = 224, seed: int = 0,
     crops are kept, so a second call is free. Returns the folder."""
     folder = os.fspath(out)
     os.makedirs(folder, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     for path in offline_photo_files():
         photo = load_rgb(path)
         w, h = photo.size
@@ -124,8 +124,8 @@ def photo_corpus(out: str | os.PathLike, size: int = 224, seed: int = 0,
         for fraction, count in scales:
             side = max(16, round(min(w, h) * fraction))
             for i in range(count):
-                top = int(torch.randint(0, h - side + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - side + 1, (1,), generator=gen))
+                top = int(torch.randint(0, h - side + 1, (1,), generator=gen, device=gen.device))
+                left = int(torch.randint(0, w - side + 1, (1,), generator=gen, device=gen.device))
                 name = os.path.join(folder, f"{stem}_s{round(100 * fraction):03d}_{i}.png")
                 if not os.path.exists(name):
                     crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)

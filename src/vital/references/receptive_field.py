@@ -148,7 +148,7 @@ def receptive_fields(module: nn.Module, layers: list[str], size: int = 224, cach
         net = _linear_positive(module)
         s = size
         for _ in range(_MAX_DOUBLINGS + 1):
-            x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, requires_grad=True)
+            x = torch.full((3, 3, s, s), 0.01, dtype=torch.float64, device="cpu", requires_grad=True)
             outs = FeatureExtractor(net, todo, view="map")(x)
             for n in list(todo):
                 rf = _measure(outs[n], x, s, retain=True)

@@ -27,8 +27,8 @@ def direction_channel(store, t: Direction) -> tuple[str, int]:
     if info is None:
         raise VitalError(f"the store at {store.path} mined no directions of '{t.layer}'; mine them with "
                          f"`vital mine ... --layers {t.layer} --directions FILE`")
-    vectors = torch.tensor(info["directions"], dtype=torch.float64)
-    want = torch.tensor(t.vector, dtype=torch.float64)
+    vectors = torch.tensor(info["directions"], dtype=torch.float64, device="cpu")
+    want = torch.tensor(t.vector, dtype=torch.float64, device="cpu")
     if vectors.shape[1] != want.numel():
         raise VitalError(f"the store's directions of '{t.layer}' have {vectors.shape[1]} components, not {want.numel()}")
     match = [k for k in range(len(vectors)) if torch.allclose(vectors[k], want, rtol=1e-5, atol=1e-6)]

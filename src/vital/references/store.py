@@ -154,7 +154,7 @@ class MiningStore:
         t = self._layer(layer)
         k = k or t["patch_scores"].shape[1]
         scores = t["patch_scores"][:, :k]
-        strength = torch.where(scores[:, 0] > 0, scores[:, -1] / scores[:, 0].clamp(min=1e-12), torch.zeros(()))
+        strength = torch.where(scores[:, 0] > 0, scores[:, -1] / scores[:, 0].clamp(min=1e-12), scores.new_zeros(()))
         key = group or (lambda f: f)
         sources = [{key(self._name(i)) for i in t["patch_index"][c, :k].tolist()} for c in range(len(scores))]
         chosen: list[int] = []
@@ -183,8 +183,8 @@ class MiningStore:
             raise VitalError("this store was mined from a Dataset: pass it as MiningStore.load(path, images=DATASET) "
                              "to see its pixels")
         x = ModelSpaceDataset(self.dataset)[i][0].float()
-        mean = torch.tensor(prep["mean"]).view(3, 1, 1)
-        std = torch.tensor(prep["std"]).view(3, 1, 1)
+        mean = torch.tensor(prep["mean"], device="cpu").view(3, 1, 1)
+        std = torch.tensor(prep["std"], device="cpu").view(3, 1, 1)
         x01 = (x.cpu() * std + mean).clamp(0, 1)
         return Image.fromarray((x01 * 255).round().byte().permute(1, 2, 0).numpy())
 

@@ -79,7 +79,7 @@ def as_readout(units: Readout | torch.Tensor | int, batch: int, device: torch.de
     if isinstance(units, Readout):
         r = units
     elif isinstance(units, int):
-        r = Readout(channels=torch.full((batch,), units, dtype=torch.long))
+        r = Readout(channels=torch.full((batch,), units, dtype=torch.long, device=device))
     elif torch.is_tensor(units) and not units.is_floating_point() and not units.is_complex():
         ch = units.reshape(-1).long()
         r = Readout(channels=ch.expand(batch) if ch.numel() == 1 else ch)
