@@ -69,7 +69,7 @@ def test_references_are_rebuilt_from_the_origin_not_from_strings(tmp_path):
     from conftest import noise_folder, tiny_sequential
 
     from vital.references.images import from_folder, from_images
-    from vital.rerun import references_from_record
+    from vital.run.repeat import references_from_record
 
     photos = photo_references(967, n=3, seed=5)
     entry = _entry(photos)
@@ -94,7 +94,7 @@ def test_references_are_rebuilt_from_the_origin_not_from_strings(tmp_path):
 
 def test_records_without_an_origin_still_rerun():
     """Records written before origins were recorded: the origin is read once from the old strings."""
-    from vital.rerun import legacy_origin, references_from_record
+    from vital.run.repeat import legacy_origin, references_from_record
 
     photos = photo_references(282, n=2, seed=4)
     old = {"source": photos.source, "requested": 2, "files": photos.describe()}
@@ -112,7 +112,7 @@ def test_the_run_record_keeps_each_reference_origin(tiny_model, tmp_path):
 
 def test_records_from_before_typed_options_give_valid_arguments():
     from vital.methods import split_options
-    from vital.rerun import run_arguments
+    from vital.run.repeat import run_arguments
 
     old = {"steps": 5, "setting": 1, "seed": 2, "layers": None, "layer_weights": None, "tv_l2": None, "tv_l1": None,
            "l2": None, "feat_dist": 1.0, "jitter": None, "flip": None, "lr": 0.1, "warmup": None,

@@ -20,7 +20,7 @@ from vital.objectives.sliced import SlicedAlignment, random_directions, sliced_l
 from vital.params.fourier import FourierParam
 from vital.references.images import from_images
 from vital.relevance.readout import Readout
-from vital.transforms import affine_scale_rotate, scale_rotate
+from vital.run.transforms import affine_scale_rotate, scale_rotate
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from vital.layout import Layout
 from vital.models import load_model
 from vital.objectives.diversity import gram_similarity
 from vital.references.mining import mine
-from vital.references.spec import ReferenceSpec
+from vital.references.refs_rule import ReferenceSpec
 from vital.relevance import RelevanceEngine
 from vital.relevance import readout as ro
 from vital.relevance.modified_gradient import ModifiedGradientRelevance
@@ -137,7 +137,7 @@ def test_gram_similarity_by_hand():
 
 def test_copies_with_diversity_are_saved_apart_and_rerun(net, photos, tmp_path):
     from vital.references.images import from_folder
-    from vital.rerun import run_arguments
+    from vital.run.repeat import run_arguments
 
     refs = from_folder(photos, n=3)
     res = vital.visualize(net, Channel("3", 1), refs, steps=3, warmup=1, copies=2, diversity=0.5, progress=False)

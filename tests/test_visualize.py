@@ -56,7 +56,7 @@ def test_rerun_from_record_options_is_identical(tiny_model):
     """Every option of a run, each away from its default, goes through the JSON record and `vital.rerun`'s
     arguments unchanged, and gives the same image."""
     from vital.methods import RunOptions, get_method, option_names
-    from vital.rerun import run_arguments
+    from vital.run.repeat import run_arguments
 
     refs = _refs(0, 0)
     given = dict(steps=4, setting=2, seed=4, tv_l2=0.01, tv_l1=0.001, l2=0.002, jitter=3, flip=True, lr=0.3,

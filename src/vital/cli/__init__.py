@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _one_line
     try:
         if getattr(args, "out", None) is not None:
-            from vital.folders import out_path
+            from vital.outputs.claim import out_path
 
             out_path(args.out)  # an empty or over-long name is refused before anything runs
         return args.func(args)

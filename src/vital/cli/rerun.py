@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vital.cli.common import print_outputs
-from vital.record import RECORD
+from vital.outputs.record import RECORD
 
 NAME = "rerun"
 
@@ -22,8 +22,8 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
-    from vital.rerun import rerun
+    from vital.outputs.claim import RunFolder
+    from vital.run.repeat import rerun
 
     with RunFolder(a.out, a.overwrite):
         result = rerun(a.record, device=a.device, progress=not a.quiet, weights=a.weights)

@@ -18,12 +18,12 @@ from vital.errors import VitalError, closest
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term
 from vital.objectives.priors import Priors
-from vital.optimize import LoopSettings, setting
 from vital.params.base import Parameterization
 from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
+from vital.run.loop import LoopSettings, setting
+from vital.run.transforms import Augment
 from vital.targets import Target
-from vital.transforms import Augment
 
 
 @dataclass

@@ -34,8 +34,8 @@ from vital.objectives.batchnorm import BatchNormStats
 from vital.params.fourier import FourierParam
 from vital.params.maco import MacoParam, load_magnitude, maco_magnitude_from_images
 from vital.references.images import ReferenceSet
+from vital.run.transforms import crops_with_noise, random_scale
 from vital.targets import Class, Target
-from vital.transforms import crops_with_noise, random_scale
 
 
 @register("pixel")

@@ -37,8 +37,8 @@ from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
 from vital.relevance import readout
 from vital.relevance.readout import Readout
+from vital.run.transforms import scale_rotate
 from vital.targets import Channel, Class, Direction, Target
-from vital.transforms import scale_rotate
 
 PARAMS = ("pixel", "fourier")
 AUGMENTS = ("none", "scale-rotate")
@@ -55,7 +55,7 @@ class VitalOptions:
     alignment from the same forward; default 1, 0 is the paper's alignment alone), sliced / projections (weight
     of sliced-Wasserstein alignment along random channel directions and their number, default one per channel;
     `vital.objectives.sliced`) and augment (none, scale-rotate: random
-    scaling and rotation of every step's image, `vital.transforms.scale_rotate`). param (pixel, fourier) applies to
+    scaling and rotation of every step's image, `vital.run.transforms.scale_rotate`). param (pixel, fourier) applies to
     classes too (both default to fourier; pixel is the paper's image)."""
 
     layers: Sequence[str] | None = None

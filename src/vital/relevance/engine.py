@@ -1,6 +1,6 @@
 """Relevance of one target unit per sample, captured at named layers (arXiv 2503.22399).
 
-`RelevanceEngine` chooses a backend once (`vital.relevance.backend.select_backend`: the rule chain, the
+`RelevanceEngine` chooses a backend once (`vital.relevance.choice.select_backend`: the rule chain, the
 modified-gradient rules or guided backprop; docs/relevance-backends.md lists their rules) and runs it. The results
 are detached, non-negative and have the shapes of the layer outputs.
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError
-from vital.relevance.backend import select_backend
+from vital.relevance.choice import select_backend
 from vital.relevance.readout import Readout, as_readout
 from vital.relevance.zplus import EPS
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from vital import display
 from vital.errors import VitalError
-from vital.folders import save_run
-from vital.io import loss_curve, transparency_rgba, versions
 from vital.methods import RunOptions, build_recipe, split_options
 from vital.models.zoo import VisionModel, load_model
-from vital.optimize import optimize
-from vital.record import ModelEntry, ReferenceEntry, RunRecord, TargetEntry
+from vital.outputs.claim import save_run
+from vital.outputs.io import loss_curve, transparency_rgba, versions
+from vital.outputs.record import ModelEntry, ReferenceEntry, RunRecord, TargetEntry
+from vital.outputs.run_files import write_run_folder
+from vital.pages import display
 from vital.references.images import ReferenceSet
-from vital.run_folder import write_run_folder
+from vital.run.loop import optimize
 from vital.targets import Channel, Class, Direction, Target
 
 
@@ -34,7 +34,7 @@ class Result:
     targets: list[Target]
     labels: list[str]
     references: list[ReferenceSet | None]
-    run: RunRecord | None = None  # what was run, as its run folder keeps it (`vital.record`)
+    run: RunRecord | None = None  # what was run, as its run folder keeps it (`vital.outputs.record`)
     paths: dict[str, list[Path]] = field(default_factory=dict)
     copies: list[int] = field(default_factory=list)  # each image's copy number, when targets have several
 
@@ -62,7 +62,7 @@ class Result:
 
     def save(self, out_dir: str | os.PathLike, sheet: bool = True, overwrite: bool = False) -> dict[str, list[Path]]:
         """Write `<target>.png`, `<target>_transparency.png` (RGBA), the run record and `contact_sheet.png` into
-        `out_dir` as one folder (`vital.folders`: written aside, then renamed into place). A folder holding another
+        `out_dir` as one folder (`vital.outputs.claim`: written aside, then renamed into place). A folder holding another
         run is replaced only with `overwrite`."""
         final = Path(out_dir).expanduser().absolute() if str(out_dir).strip() else Path("")
         written = save_run(out_dir, lambda folder: write_run_folder(self, folder, sheet), overwrite)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vital.errors import VitalError
-from vital.fields import Fields, short
-from vital.io import write_json
+from vital.outputs.fields import Fields, short
+from vital.outputs.io import write_json
 from vital.targets import Channel, Class, Direction, Target
 
 RECORD = "record.json"

@@ -20,10 +20,10 @@ from typing import Any
 
 from markupsafe import Markup
 
-from vital.confine import inside, record_references
 from vital.errors import VitalError
-from vital.pages import STYLESHEET, asset, render, url
-from vital.record import RECORD, RunRecord
+from vital.outputs.confine import inside, record_references
+from vital.outputs.record import RECORD, RunRecord
+from vital.pages.render import STYLESHEET, asset, render, url
 from vital.references.images import IMAGE_EXTENSIONS
 
 TRANSPARENCY_SUFFIX = "_transparency"
@@ -89,7 +89,7 @@ def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
     """Entries of one run folder as `Result.save` writes it: its record lists, per target, its image, its
     transparency map and its references (files, or thumbnails of in-memory references); metrics written into the
     record by `vital eval`/`vital compare` (under "metrics", keyed by image name) are shown too. Every file the
-    record names is confined (`vital.confine`): outputs to the run folder, reference files to the run folder, the
+    record names is confined (`vital.outputs.confine`): outputs to the run folder, reference files to the run folder, the
     store the record names, or files whose bytes still have the recorded SHA-256."""
     run_dir = Path(run_dir)
     if not RunRecord.present(run_dir):
@@ -138,7 +138,7 @@ class _Assets:
         return f"{tag}_{src.stem}{suffix or src.suffix}"
 
     def _rel(self, p: Path) -> str:
-        """The URL of a file relative to the page (`vital.pages.url`)."""
+        """The URL of a file relative to the page (`vital.pages.render.url`)."""
         return url(Path(os.path.relpath(p, self.out_dir)).as_posix())
 
     def link(self, src: Path) -> str:
@@ -195,7 +195,7 @@ def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title:
                   table: Any | None = None) -> Path:
     """Write `out_dir/report.html` (plus assets/): rows = targets, columns = methods in first-seen order.
     `table` is an `EvalTable` (columns, rows and notes), shown above the gallery with its embedding plot."""
-    from vital.folders import ensure_writable
+    from vital.outputs.claim import ensure_writable
 
     out = ensure_writable(out_dir)
     assets = _Assets(out)

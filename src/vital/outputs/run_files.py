@@ -1,5 +1,5 @@
 """The files of a run folder: each image, its transparency map (RGBA), small copies of in-memory references, the
-run record (`vital.record`) with the list of what was written, and a contact sheet. `vital.folders` decides where
+run record (`vital.outputs.record`) with the list of what was written, and a contact sheet. `vital.outputs.claim` decides where
 the folder goes and swaps it into place; this module only fills it."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from vital.io import contact_sheet, save_png, save_rgba, to_uint8
-from vital.record import Output
+from vital.outputs.io import contact_sheet, save_png, save_rgba, to_uint8
+from vital.outputs.record import Output
 from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
 
 if TYPE_CHECKING:
-    from vital.visualize import Result
+    from vital.run.execute import Result
 
 THUMBNAILS = 6  # reference images beside each visualization on the contact sheet
 

@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from vital import display
 from vital.errors import VitalError
-from vital.evaluate.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
-from vital.evaluate.clip import ClipResult, clip_zero_shot
-from vital.evaluate.fid import FIDResult, InceptionFeatures
-from vital.evaluate.kid import kid_from_features
+from vital.metrics.classify import DEFAULT_JUDGES, ImageLike, load_judges, topk_accuracy
+from vital.metrics.clip import ClipResult, clip_zero_shot
+from vital.metrics.fid import FIDResult, InceptionFeatures
+from vital.metrics.kid import kid_from_features
 from vital.models import VisionModel
+from vital.pages import display
 
-# The FID function stays in its module (`from vital.evaluate.fid import fid`): a package attribute of the same
-# name would hide the submodule `vital.evaluate.fid`.
+# The FID function stays in its module (`from vital.metrics.fid import fid`): a package attribute of the same
+# name would hide the submodule `vital.metrics.fid`.
 __all__ = ["ClipResult", "EvalTable", "FIDResult", "InceptionFeatures", "Visual", "clip_zero_shot", "evaluate",
            "topk_accuracy"]
 
@@ -195,7 +195,7 @@ def _score_clip(t: _Table, weights: str | os.PathLike | None, arch: str, device,
 def _embedding(t: _Table, judge: VisionModel | None, real_images: Mapping[int, Sequence[ImageLike]] | None,
                path: str | os.PathLike, progress: bool) -> None:
     """A t-SNE plot of the judge's penultimate features: real images first (below), then each method."""
-    from vital.evaluate.embedding import embedding_plot
+    from vital.metrics.embedding import embedding_plot
 
     if judge is None:
         raise VitalError("an embedding plot needs a model: pass a target model or a classifier")

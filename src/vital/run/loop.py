@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from vital.errors import VitalError
 from vital.objectives.base import Term, Views
 from vital.params.base import Parameterization
-from vital.transforms import Augment, jitter, random_flip
+from vital.run.transforms import Augment, jitter, random_flip
 
 
 @dataclass(frozen=True)

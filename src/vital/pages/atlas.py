@@ -29,12 +29,12 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from vital.circuit import CIRCUIT, Circuit, svg
-from vital.confine import inside
 from vital.errors import VitalError
-from vital.folders import ensure_writable
-from vital.io import write_json
-from vital.pages import STYLESHEET, asset, render, url
-from vital.record import RECORD, RunRecord
+from vital.outputs.claim import ensure_writable
+from vital.outputs.confine import inside
+from vital.outputs.io import write_json
+from vital.outputs.record import RECORD, RunRecord
+from vital.pages.render import STYLESHEET, asset, render, url
 from vital.targets import safe_name
 
 FORMAT = "vital-atlas/1"
@@ -58,7 +58,7 @@ class Neuron:
 
 
 def _page(template: str, path: Path, title: str, depth: int, **context: Any) -> None:
-    """Write one page of the site from its template (`vital.pages`: escaped by construction)."""
+    """Write one page of the site from its template (`vital.pages.render`: escaped by construction)."""
     up = "../" * depth
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(template, title=title, kind="atlas", stylesheet=f"{up}assets/{STYLESHEET}", css="",
@@ -164,7 +164,7 @@ class Atlas:
             return cached
         from torchvision.transforms.functional import to_tensor
 
-        from vital.evaluate.kid import kid
+        from vital.metrics.kid import kid
 
         vis: list[Path | torch.Tensor] = [image for _, image in shown]
         real: list[Path | torch.Tensor] = [to_tensor(crop) for n, _ in shown

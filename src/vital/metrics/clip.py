@@ -18,8 +18,8 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.evaluate.classify import Images, as_image_list, target_ranks
-from vital.offline import hf_offline
+from vital.metrics.classify import Images, as_image_list, target_ranks
+from vital.models.offline import hf_offline
 
 PROMPT = "a photo of a {}."
 ENABLE = "pip install open_clip_torch and pass --clip-weights FILE (a local open_clip checkpoint)"

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.io import checkerboard, to_uint8
-from vital.run_folder import reference_thumbnails
+from vital.outputs.io import checkerboard, to_uint8
+from vital.outputs.run_files import reference_thumbnails
 
 if TYPE_CHECKING:
-    from vital.evaluate import EvalTable
+    from vital.metrics.evaluation import EvalTable
     from vital.references.store import MiningStore
-    from vital.visualize import Result
+    from vital.run.execute import Result
 
 SIZE = 160  # px of a visualization and its transparency map
 THUMB = 64  # px of a reference or a patch

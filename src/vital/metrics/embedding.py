@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.evaluate.classify import Images, as_image_list, preprocess
+from vital.metrics.classify import Images, as_image_list, preprocess
 from vital.models import VisionModel
 
 MARKERS = "osD^v<>pP*hX"

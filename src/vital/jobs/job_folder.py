@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from vital.errors import VitalError
-from vital.folders import ensure_writable, replace_folder
-from vital.io import write_json
-from vital.record import RunRecord
+from vital.outputs.claim import ensure_writable, replace_folder
+from vital.outputs.io import write_json
+from vital.outputs.record import RunRecord
 
 FORMAT = "vital-batch-job/1"
 MANIFEST, SUMMARY = "job.json", "summary.json"

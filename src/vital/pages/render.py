@@ -1,4 +1,4 @@
-"""HTML pages from the templates in `vital/templates` (Jinja2, autoescaping on): every value a page shows, from
+"""HTML pages from the templates in `vital/pages/templates` (Jinja2, autoescaping on): every value a page shows, from
 a record, a store, a circuit or a file name, is escaped by construction, never by hand. The pages share one base
 template and one stylesheet (`vital.css`)."""
 
@@ -31,7 +31,7 @@ def text(value: Any) -> Markup:
 
 @functools.cache
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("vital", "templates"), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vital.pages", "templates"), autoescape=True,
                              finalize=printable, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["text"] = text
     return env
@@ -44,7 +44,7 @@ def render(template: str, **context: Any) -> str:
 
 def asset(name: str) -> str:
     """A file shipped beside the templates (the stylesheet, the atlas's script)."""
-    return resources.files("vital").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("vital.pages").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def url(path: str | os.PathLike) -> str:

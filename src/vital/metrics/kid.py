@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from vital.errors import VitalError
-from vital.evaluate.classify import Images
-from vital.evaluate.fid import InceptionFeatures
+from vital.metrics.classify import Images
+from vital.metrics.fid import InceptionFeatures
 
 DEFAULT_SUBSETS = 100
 DEFAULT_SUBSET_SIZE = 1000  # the usual value; capped at the smaller set's size

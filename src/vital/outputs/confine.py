@@ -14,7 +14,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from vital.errors import VitalError
-from vital.record import ReferenceEntry
+from vital.outputs.record import ReferenceEntry
 
 
 def relative_name(name: object, where: str | os.PathLike, what: str = "file") -> str:

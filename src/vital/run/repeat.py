@@ -1,9 +1,9 @@
-"""Repeat a run from its run record (`vital.record`): the same model and weights, targets, method, options, seed and references.
+"""Repeat a run from its run record (`vital.outputs.record`): the same model and weights, targets, method, options, seed and references.
 
 References are rebuilt from the structured origin the record keeps for each set (`origin`, see
 `vital.references.images`): the recorded files on disk, seeded views of an offline photo, or a mined store's top
 images/patches; their SHA-256 hashes are checked against the record, and a difference is reported. Reading,
-checking and upgrading older records is `vital.record`'s job.
+checking and upgrading older records is `vital.outputs.record`'s job.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vital.errors import VitalError
 from vital.models.zoo import LITE, RANDOM_ID, load_model
-from vital.record import (
+from vital.outputs.record import (
     ModelEntry,
     ReferenceEntry,
     RunRecord,
@@ -23,7 +23,7 @@ from vital.record import (
     upgrade_options,
 )
 from vital.references.images import ReferenceSet
-from vital.visualize import Result, visualize
+from vital.run.execute import Result, visualize
 
 __all__ = ["legacy_origin", "references_from_record", "rerun", "run_arguments"]
 

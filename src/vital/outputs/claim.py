@@ -1,4 +1,4 @@
-"""Output folders: one claim for every command that writes a folder (`vital.io` writes the files inside).
+"""Output folders: one claim for every command that writes a folder (`vital.outputs.io` writes the files inside).
 
 - A folder that holds this command's own output (a run's record; for eval, report, compare, circuit and atlas
   a `.vital-output` marker naming the command) is replaced only with `overwrite`; atlas, which is built
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vital.errors import VitalError
-from vital.record import RECORD
+from vital.outputs.record import RECORD
 
 T = TypeVar("T")
 L = TypeVar("L", bound="FolderLock")
