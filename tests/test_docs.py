@@ -21,9 +21,9 @@ import vital
 from vital.metrics import classify
 from vital.models import zoo
 from vital.references.photos import offline_photo_files, photo_path
+from vital.run import execute as visualize_module
 
 ROOT = Path(__file__).resolve().parents[1]
-visualize_module = sys.modules["vital.run.execute"]  # the module; `vital.visualize` is the function
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 NOT_RUN = "# not run:"
@@ -75,7 +75,7 @@ def short_runs(monkeypatch):
             _MODELS[key] = real_load(model, *args, **kwargs)
         return _MODELS[key]
 
-    for module in (vital, sys.modules["vital.models"], classify):
+    for module in (vital, vital.models, classify):
         monkeypatch.setattr(module, "load_model", shared)
 
     def capped(*args, **kwargs):

@@ -1,9 +1,8 @@
-"""vital.evaluate: top-k ranks, FID (real Inception network), CLIP zero-shot, t-SNE embeddings, the results table."""
+"""vital.evaluate and vital.metrics: top-k ranks, FID (real Inception network), CLIP zero-shot, t-SNE embeddings, the results table."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import sys
@@ -211,7 +210,8 @@ def test_inception_features_are_computed_once_per_image_and_owned_by_their_objec
 
 
 def test_fid_module_keeps_no_state_between_calls():
-    fid_module = importlib.import_module("vital.metrics.fid")  # `vital.evaluate` is also the function
+    from vital.metrics import fid as fid_module
+
     assert not hasattr(fid_module, "FEATURE_CACHE")
     assert not hasattr(fid_module.load_inception, "cache_info") and not hasattr(fid_module.sha1_file, "cache_info")
 

@@ -8,7 +8,6 @@ one row per method, one column per metric.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from vital.metrics.fid import FIDResult, InceptionFeatures
 from vital.metrics.kid import kid_from_features
 from vital.models import VisionModel
 from vital.pages import display
+from vital.pages.render import render
 
 # The FID function stays in its module (`from vital.metrics.fid import fid`): a package attribute of the same
 # name would hide the submodule `vital.metrics.fid`.
@@ -70,15 +70,14 @@ class EvalTable:
             lines.append("| " + " | ".join([method, *(self._fmt(row.get(c)) for c in self.columns)]) + " |")
         return "\n".join(lines + [""] + [f"- {n}" for n in self.notes]) + "\n"
 
+    def shown(self) -> dict[str, Any]:
+        """The table as a page shows it: its columns, one row of formatted values per method, its notes."""
+        return {"columns": list(self.columns), "notes": list(self.notes),
+                "rows": [(m, [self._fmt(r.get(c)) for c in self.columns]) for m, r in self.rows.items()]}
+
     def to_html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *self.columns])
-        body = "".join(
-            "<tr><th>" + html.escape(m) + "</th>"
-            + "".join(f"<td>{html.escape(self._fmt(r.get(c)))}</td>" for c in self.columns) + "</tr>"
-            for m, r in self.rows.items())
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return (f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-                + (f'<ul class="notes">{notes}</ul>' if notes else ""))
+        """The table and its notes as an HTML fragment, from the template the gallery uses (escaped by it)."""
+        return render("metrics_table.html", table=self.shown()).strip()
 
     def _repr_html_(self) -> str:  # Jupyter: the table as HTML
         return display.table_html(self)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from vital.errors import VitalError
-from vital.outputs.record import ReferenceEntry
+from vital.outputs.io import file_sha256
+
+if TYPE_CHECKING:
+    from vital.outputs.record import ReferenceEntry
 
 
 def relative_name(name: object, where: str | os.PathLike, what: str = "file") -> str:
@@ -54,8 +58,6 @@ def _store_root(origin: dict) -> Path | None:
 def record_references(entry: ReferenceEntry, run_dir: Path, where: str | os.PathLike) -> list[Path]:
     """The reference files of a record's entry that exist, each confined (see the module docstring); names that
     are not files (views of an offline photo, mined patches) are left out."""
-    from vital.references.images import file_sha256
-
     roots = [run_dir.resolve(), *filter(None, [_store_root(entry.origin)])]
     out = []
     for f in entry.files:

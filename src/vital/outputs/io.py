@@ -1,9 +1,10 @@
 """Writing files: each one atomically (PNGs with the reference implementation's truncating uint8 conversion, RGBA
-transparency images, JSON), and contact sheets of visualizations beside their references. The folders they go
-into are claimed and swapped by `vital.outputs.claim`."""
+transparency images, JSON), contact sheets of visualizations beside their references, and the SHA-256 that names
+a file's bytes in records and stores. The folders they go into are claimed and swapped by `vital.outputs.claim`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +18,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from vital._version import __version__
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (how records and stores name the files they used)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def to_uint8(img01: torch.Tensor) -> np.ndarray:

@@ -170,11 +170,9 @@ def _check_origin(c: Fields, origin: dict, name: str) -> dict:
     return dict(origin)
 
 
-def legacy_origin(entry: ReferenceEntry | dict) -> dict:
+def legacy_origin(entry: ReferenceEntry) -> dict:
     """The origin of a reference entry written before records kept one, read from its strings: photo views are
     named "skimage:NAME#viewI(seed=S)", a store's source is "STORE:LAYER:CHANNEL:KIND"; anything else is files."""
-    if isinstance(entry, dict):
-        return ReferenceEntry.from_json({**entry, "origin": None}).origin
     photo = PHOTO_VIEW.match(entry.files[0].file) if entry.files else None
     if photo:
         from vital.references.photos import OFFLINE_PHOTOS

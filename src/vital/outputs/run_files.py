@@ -12,7 +12,6 @@ from PIL import Image
 
 from vital.outputs.io import contact_sheet, save_png, save_rgba, to_uint8
 from vital.outputs.record import Output
-from vital.references.images import UNREADABLE, ReferenceSet, load_rgb
 
 if TYPE_CHECKING:
     from vital.run.execute import Result
@@ -30,7 +29,7 @@ def write_run_folder(result: Result, out: Path, sheet: bool = True) -> dict[str,
         rgba = result.transparency(i)
         alphas.append(save_rgba(rgba, out / f"{stem}_transparency.png"))
         refs = result.references[i]
-        ref_imgs = reference_thumbnails(refs) if refs is not None else []
+        ref_imgs = refs.thumbnails(THUMBNAILS) if refs is not None else []
         thumbs = []
         if refs is not None and refs.images:  # in-memory references: keep small copies to show beside the image
             (out / "references").mkdir(exist_ok=True)
@@ -49,15 +48,3 @@ def write_run_folder(result: Result, out: Path, sheet: bool = True) -> dict[str,
         paths["sheet"] = [contact_sheet(rows, out / "contact_sheet.png")]
     return paths
 
-
-def reference_thumbnails(refs: ReferenceSet, n: int = THUMBNAILS) -> list[Image.Image]:
-    """Up to n of the references as images: the in-memory ones first, then files that can be read."""
-    out = [im for _, im in refs.images[:n]]
-    for p in refs.files:
-        if len(out) >= n:
-            break
-        try:
-            out.append(load_rgb(p))
-        except UNREADABLE:
-            continue
-    return out

@@ -1,22 +1,22 @@
 """How results show themselves in Jupyter (`_repr_html_`): a `Result` as its images, transparency maps and
 references side by side, a `MiningStore` as a summary and a grid of top patches, an `EvalTable` as a table.
 
-Images are inline base64 PNGs, so a saved notebook keeps them; every text that reaches the page (labels, layer
-and file names, metric names) is escaped."""
+Images are inline base64 PNGs, so a saved notebook keeps them; the HTML comes from the same autoescaping
+templates as the report and the atlas (`vital.pages.render`), so every text that reaches the page (labels, layer
+and file names, metric names) is escaped by construction."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from vital.errors import VitalError
 from vital.outputs.io import checkerboard, to_uint8
-from vital.outputs.run_files import reference_thumbnails
+from vital.pages.render import render
 
 if TYPE_CHECKING:
     from vital.metrics.evaluation import EvalTable
@@ -37,9 +37,9 @@ def png_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def img_tag(image: Image.Image, alt: str) -> str:
-    return f'<img src="{png_uri(image)}" alt="{html.escape(alt)}" title="{html.escape(alt)}" ' \
-           f'width="{image.width}" height="{image.height}">'
+def inline(image: Image.Image, alt: str) -> dict[str, Any]:
+    """An image as the templates' `inline_image` shows it."""
+    return {"src": png_uri(image), "alt": alt, "width": image.width, "height": image.height}
 
 
 def strip(images: Sequence[Image.Image], tile: int = THUMB) -> Image.Image:
@@ -66,15 +66,12 @@ def result_html(result: Result) -> str:
         image = Image.fromarray(to_uint8(result.images[i])).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
         alpha = on_checkerboard(Image.fromarray(result.transparency(i), "RGBA").resize((SIZE, SIZE)))
         refs = result.references[i]
-        thumbs = reference_thumbnails(refs, REFERENCES) if refs is not None else []
-        cells = [img_tag(image, f"{label}: visualization"), img_tag(alpha, f"{label}: transparency map")]
-        cells.append(img_tag(strip(thumbs), f"{label}: {len(thumbs)} of {len(refs)} references")
-                     if refs is not None and thumbs else "<em>no references</em>")
-        rows.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    method = html.escape(str(result.record.get("method", "")))
-    head = "<tr><th>target</th><th>visualization</th><th>transparency map</th><th>references</th></tr>"
-    return (f'<table class="vital-result"><caption>vital result{": " + method if method else ""}, '
-            f"{len(result.labels)} image(s)</caption><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+        thumbs = refs.thumbnails(REFERENCES) if refs is not None else []
+        rows.append({"label": label, "image": inline(image, f"{label}: visualization"),
+                     "alpha": inline(alpha, f"{label}: transparency map"),
+                     "references": inline(strip(thumbs), f"{label}: {len(thumbs)} of {len(refs)} references")
+                     if refs is not None and thumbs else None})
+    return render("jupyter_result.html", method=str(result.record.get("method", "")), rows=rows).strip()
 
 
 def store_html(store: MiningStore, channels: int = STORE_CHANNELS, patches: int = STORE_PATCHES) -> str:
@@ -86,24 +83,17 @@ def store_html(store: MiningStore, channels: int = STORE_CHANNELS, patches: int 
              ("images", f"{idx.get('images_processed', '?')} mined, {idx.get('skipped_count', 0)} skipped"),
              ("kept per channel", f"top {idx.get('k', '?')} patches"),
              ("folder", str(store.path) if store.path else "in memory")]
-    summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
-    grid = ""
-    if layers:
-        layer = next(iter(layers))
-        rows = []
-        try:
-            for c in range(min(channels, int(layers[layer]["channels"]))):
-                crops = [im for _, im in store.references(layer, c, kind="patches", n=patches).images]
-                rows.append(f"<tr><th>{html.escape(layer)}:{c}</th><td>"
-                            f"{img_tag(strip(crops), f'{layer}:{c}: top {len(crops)} patches')}</td></tr>")
-        except VitalError as e:  # the images moved: the summary still shows, with the fix in place of the grid
-            grid = f'<p class="vital-store-note">{html.escape(str(e))}</p>'
-        else:
-            grid = (f'<table class="vital-store-grid"><caption>top patches of {html.escape(layer)}</caption>'
-                    f"{''.join(rows)}</table>")
-    return f'<div class="vital-store"><table class="vital-store-summary">{summary}</table>{grid}</div>'
+    layer = next(iter(layers), None)
+    rows, note = [], None
+    try:
+        for c in range(min(channels, int(layers[layer]["channels"])) if layer is not None else 0):
+            crops = [im for _, im in store.references(str(layer), c, kind="patches", n=patches).images]
+            rows.append((f"{layer}:{c}", inline(strip(crops), f"{layer}:{c}: top {len(crops)} patches")))
+    except VitalError as e:  # the images moved: the summary still shows, with the fix in place of the grid
+        note = str(e)
+    return render("jupyter_store.html", facts=facts, layer=layer, rows=rows, note=note).strip()
 
 
 def table_html(table: EvalTable) -> str:
     """The evaluation table with its notes (how each number was obtained)."""
-    return f'<div class="vital-eval">{table.to_html()}</div>'
+    return render("jupyter_table.html", table=table.shown()).strip()

@@ -9,14 +9,13 @@ zip, or from any static file server, and fetches nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
@@ -26,7 +25,9 @@ from vital.outputs.record import RECORD, RunRecord
 from vital.pages.render import STYLESHEET, asset, render, url
 from vital.references.images import IMAGE_EXTENSIONS
 
-TRANSPARENCY_SUFFIX = "_transparency"
+if TYPE_CHECKING:
+    from vital.metrics.evaluation import EvalTable
+
 THUMB = 112
 MAX_REFERENCES = 9  # thumbnails per row: enough to see what the references are, short enough to scan the page
 
@@ -72,19 +73,6 @@ def rows_from_entries(entries: Iterable[GalleryEntry]) -> list[GalleryRow]:
     return list(rows.values())
 
 
-def _target_label(target: Any) -> str:
-    """A run record's target (a string, a class index, or a dict such as {"kind", "index", "name"}) as text."""
-    if isinstance(target, dict):
-        if target.get("label"):
-            return str(target["label"])
-        parts = [str(target[k]) for k in ("kind", "layer", "index", "channel") if target.get(k) is not None]
-        name = target.get("name")
-        return " ".join(parts) + (f" · {name}" if name else "") if parts else json.dumps(target, sort_keys=True)
-    if isinstance(target, int):
-        return f"class {target}"
-    return str(target)
-
-
 def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
     """Entries of one run folder as `Result.save` writes it: its record lists, per target, its image, its
     transparency map and its references (files, or thumbnails of in-memory references); metrics written into the
@@ -107,7 +95,7 @@ def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
         alpha = inside(run_dir, o.transparency, where, "an output") if o.transparency else None
         metrics = (rec.metrics or {}).get(o.image, {})
         out.append(GalleryEntry(inside(run_dir, o.image, where, "an output"), rec.method,
-                                o.label or o.target or _target_label(rec.target_of(o).as_json()),
+                                o.label or o.target or str(rec.target_of(o).target()),
                                 alpha if alpha is not None and alpha.is_file() else None, dict(metrics), refs))
     return out
 
@@ -184,15 +172,8 @@ def _cell(cell: GalleryCell, assets: _Assets) -> dict[str, Any]:
             "metrics": [(str(k), _fmt(v)) for k, v in cell.metrics.items()]}
 
 
-def _table(table: Any) -> dict[str, Any]:
-    """An `EvalTable` as the page shows it: its columns, one row of formatted values per method, its notes."""
-    fmt = getattr(table, "_fmt", _fmt)  # the table's own number format
-    return {"columns": list(table.columns), "notes": list(table.notes),
-            "rows": [(m, [fmt(r.get(c)) for c in table.columns]) for m, r in table.rows.items()]}
-
-
 def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title: str = "vital gallery",
-                  table: Any | None = None) -> Path:
+                  table: EvalTable | None = None) -> Path:
     """Write `out_dir/report.html` (plus assets/): rows = targets, columns = methods in first-seen order.
     `table` is an `EvalTable` (columns, rows and notes), shown above the gallery with its embedding plot."""
     from vital.outputs.claim import ensure_writable
@@ -200,14 +181,14 @@ def write_gallery(out_dir: str | os.PathLike, rows: Sequence[GalleryRow], title:
     out = ensure_writable(out_dir)
     assets = _Assets(out)
     methods = list(dict.fromkeys(c.method for r in rows for c in r.cells))
-    emb = getattr(table, "meta", {}).get("embedding") if table is not None else None
+    emb = table.meta.get("embedding") if table is not None else None
     shown = []
     for row in rows:
         thumbs = [(p, assets.thumb(p)) for p in row.references[:MAX_REFERENCES]]
         shown.append({"target": row.target, "references": [{"src": t, "name": p.name} for p, t in thumbs if t],
                       "columns": [[_cell(c, assets) for c in row.cells if c.method == m] for m in methods]})
     page = render("report.html", title=title, kind="report", stylesheet=None, script=None,
-                  css=Markup(asset(STYLESHEET)), table=_table(table) if table is not None else None,
+                  css=Markup(asset(STYLESHEET)), table=table.shown() if table is not None else None,
                   embedding=assets.link(Path(emb)) if emb and Path(emb).is_file() else None, methods=methods,
                   rows=shown)
     path = out / "report.html"

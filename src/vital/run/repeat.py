@@ -14,18 +14,11 @@ from pathlib import Path
 
 from vital.errors import VitalError
 from vital.models.zoo import LITE, RANDOM_ID, load_model
-from vital.outputs.record import (
-    ModelEntry,
-    ReferenceEntry,
-    RunRecord,
-    legacy_origin,
-    pin_changed_defaults,
-    upgrade_options,
-)
+from vital.outputs.record import ModelEntry, ReferenceEntry, RunRecord
 from vital.references.images import ReferenceSet
 from vital.run.execute import Result, visualize
 
-__all__ = ["legacy_origin", "references_from_record", "rerun", "run_arguments"]
+__all__ = ["references_from_record", "rerun"]
 
 
 def _weights(model: ModelEntry) -> str | None:
@@ -92,16 +85,6 @@ def _check_hashes(entry: ReferenceEntry | None, refs: ReferenceSet | None) -> No
     if changed:
         warnings.warn(f"{changed} of {len(then)} reference images differ from the recorded run "
                       f"({entry.source}): the result will differ too", stacklevel=3)
-
-
-def run_arguments(record: dict) -> dict:
-    """The keyword arguments of `vital.visualize` that a record's JSON says its run used (the method and every
-    option, older records upgraded)."""
-    kinds = [t.get("kind", "") for t in record.get("targets", [])]
-    options = {k: v for k, v in record["options"].items() if k != "progress"}
-    upgraded = upgrade_options(record["method"], kinds, options)
-    return {"method": record["method"],
-            **pin_changed_defaults(record["method"], kinds, upgraded, record.get("recipe") or {})}
 
 
 def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = None, progress: bool = True,
