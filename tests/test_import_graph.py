@@ -118,7 +118,7 @@ def test_the_graph_reader_finds_a_circle_and_a_deferred_import():
     assert "vital.relevance.chain.build" in g["vital.relevance.chain.families"]
     assert "vital.run.execute" not in g["vital.outputs.run_files"]  # only under `if TYPE_CHECKING:`
     # `from vital.references.photos import ...` runs vital/references/__init__.py first: an edge to it too
-    assert {"vital.references", "vital.references.photos"} <= g["vital.outputs.record"]
+    assert {"vital.references", "vital.references.photos"} <= g["vital.outputs.entries"]
     # a module's own packages are not edges of it
     assert "vital.relevance" not in g["vital.relevance.chain.families"]
     assert _packages_run_first("vital.a.b.c", "vital.a.d") == {"vital.a.b"}

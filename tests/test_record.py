@@ -32,7 +32,7 @@ def _sha(a: np.ndarray) -> str:
 # Fields that later options added to the record, each with the value that means "as before" (the option off, or
 # the class image's pixel parameterisation, the only one older code had).
 # fields added after the old records, at the values that reproduce them; a rerun of an old channel record pins
-# `activation` to the 0.0 its run used (the channel default became 1.0 later: vital.outputs.record.pin_changed_defaults)
+# `activation` to the 0.0 its run used (the channel default became 1.0 later: vital.methods.history, the method's declared history)
 # and a class record's `param` to the "pixel" its run used (the class default became "fourier" later)
 ADDED_LATER = {"options": {"activation": (None, 0.0), "sliced": (None,), "projections": (None,), "augment": (None,),
                            "param": (None, "pixel")},

@@ -55,10 +55,10 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
     for d in run_dirs:
         rec = RunRecord.read(d)
         for o in rec.outputs:
-            t = rec.target_of(o)
-            if t.kind == "class":
+            t = rec.target_of(o).target
+            if isinstance(t, Class):
                 alpha = _output(d, o.transparency, rec) if o.transparency else None
-                out.append(Visual(_output(d, o.image, rec), t.fields["index"], rec.method, rec.model.name, alpha,
+                out.append(Visual(_output(d, o.image, rec), t.index, rec.method, rec.model.name, alpha,
                                   o.label))
     return out
 

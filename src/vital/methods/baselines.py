@@ -27,6 +27,7 @@ from vital.methods.base import (
     register,
     seed_generator,
 )
+from vital.methods.history import OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.activation import Activation
 from vital.objectives.base import Sum
@@ -74,7 +75,8 @@ class MacoOptions:
             raise VitalError(f"magnitude must be a file path, got {self.magnitude!r}")
 
 
-@register("maco", MacoOptions)
+@register("maco", MacoOptions,
+          history=OptionHistory(legacy_extra={"maco_magnitude": "magnitude", "maco_crops": "crops"}))
 def build_maco(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                run: RunOptions, opts: MacoOptions) -> Recipe:
     canvas = 2 * model.size
@@ -115,7 +117,8 @@ class DeepInversionOptions:
         validate.number("bn_weight", self.bn_weight, low=0, optional=False)
 
 
-@register("deepinversion", DeepInversionOptions, couples_batch=True)
+@register("deepinversion", DeepInversionOptions, couples_batch=True,
+          history=OptionHistory(legacy_extra={"bn_weight": "bn_weight"}))
 def build_deepinversion(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                         run: RunOptions, opts: DeepInversionOptions) -> Recipe:
     if not all(isinstance(t, Class) for t in targets):

@@ -28,6 +28,7 @@ from vital.methods.base import (
     register,
     seed_generator,
 )
+from vital.methods.history import OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
 from vital.objectives.base import Term
@@ -48,15 +49,24 @@ AUGMENTS = ("none", "scale-rotate")
 class VitalOptions:
     """VITAL's own options; None means the default for the kind of target (class or channel).
 
-    layers / layer_weights: matched layers and their weights (default: the preset's). feat_dist: a factor on every
-    layer weight. Channels only: relevance (lrp, lrp-restricted, guided-backprop, none), mask (reference,
-    multiply), target_weight (the target channel's own distribution), unweighted (a share of plain alignment beside
-    the relevance-weighted one), activation (weight of the target's mean activation, maximised beside the
-    alignment from the same forward; default 1, 0 is the paper's alignment alone), sliced / projections (weight
-    of sliced-Wasserstein alignment along random channel directions and their number, default one per channel;
-    `vital.objectives.sliced`) and augment (none, scale-rotate: random
-    scaling and rotation of every step's image, `vital.run.transforms.scale_rotate`). param (pixel, fourier) applies to
-    classes too (both default to fourier; pixel is the paper's image)."""
+    | option | classes | channels | what it sets |
+    |---|---|---|---|
+    | layers | preset | preset | the matched layers |
+    | layer_weights | preset | preset | one weight per matched layer |
+    | feat_dist | 1 | 1 | a factor on every layer weight |
+    | relevance | - | lrp | the target's relevance that weights the alignment: lrp, lrp-restricted, guided-backprop, none |
+    | mask | - | reference | reference: the references' relevance-weighted distributions; multiply: the authors' per-step masks |
+    | target_weight | - | 0 | weight of matching the target channel's own distribution |
+    | unweighted | - | 1 | weight of plain alignment beside the relevance-weighted one |
+    | param | fourier | fourier | fourier (the decorrelated spectrum) or pixel (the paper's image) |
+    | activation | - | 1 | weight of the target's mean activation, from the alignment's forward; 0 is the paper's alignment alone |
+    | sliced | - | 0 | weight of sliced-Wasserstein alignment along random channel directions (`vital.objectives.sliced`) |
+    | projections | - | channels | the number of those directions (default one per channel) |
+    | augment | - | none | none, or scale-rotate: random scaling and rotation of every step's image |
+
+    "-": the option is refused for classes (a class is aligned with its references as a whole). The defaults are
+    declared once (`HISTORY`); tests/test_option_defaults.py checks this table, the help text and the record
+    against them."""
 
     layers: Sequence[str] | None = None
     layer_weights: Sequence[float] | None = None
@@ -104,6 +114,23 @@ CLASS_PARAM = "fourier"
 STEM_WEIGHT = 0.1  # as the authors' code: the stem is down-weighted for neurons (w0 = 0.1)
 
 
+def _legacy(options: dict[str, Any], classes: bool) -> dict[str, Any]:
+    """A record from before typed options: its relevance was "lrp" for classes too (unused), and a channel run used
+    the authors' form, the only one there was."""
+    out = dict(options)
+    if classes:
+        out.pop("relevance", None)
+    else:
+        out.update(mask="multiply", target_weight=0.0, unweighted=0.0, param="pixel")
+    return out
+
+
+# The one place VITAL's kind-dependent defaults are declared (the help text and the record follow them; the
+# `VitalOptions` table is checked against them), and the defaults that changed after records were written.
+HISTORY = OptionHistory(defaults={"class": {"param": CLASS_PARAM}, "channel": {**NEURON_DEFAULTS, **NEURON_EXTRAS}},
+                        changed={"class": {"param": "pixel"}, "channel": {"activation": 0.0}}, legacy=_legacy)
+
+
 def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:
     """Matched layers and weights: the user's, else the preset's; plus the preset's priors."""
     preset = model.preset
@@ -122,7 +149,7 @@ def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], l
     return layers, weights, priors
 
 
-@register("vital", VitalOptions)
+@register("vital", VitalOptions, history=HISTORY)
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
           run: RunOptions, opts: VitalOptions) -> Recipe:
     if all(isinstance(t, Channel) for t in targets) or all(isinstance(t, Direction) for t in targets):

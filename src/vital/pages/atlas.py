@@ -35,7 +35,7 @@ from vital.outputs.confine import inside
 from vital.outputs.io import write_json
 from vital.outputs.record import RECORD, RunRecord
 from vital.pages.render import STYLESHEET, asset, render, url
-from vital.targets import safe_name
+from vital.targets import Channel, safe_name
 
 FORMAT = "vital-atlas/1"
 THUMB = 128
@@ -122,13 +122,13 @@ class Atlas:
         self.models.add(rec.model.name)
         where = d / RECORD
         for i, o in enumerate(rec.outputs):
-            t = rec.target_of(o)
-            if t.kind != "channel" or t.fields.get("position") or o.copy:
+            t = rec.target_of(o).target
+            if not isinstance(t, Channel) or t.position is not None or o.copy:
                 continue  # a neuron page shows a channel's whole-map visualization (its first copy)
             image = inside(d, o.image, where, "an output")
             if not image.is_file():
                 continue
-            n = self._neuron(t.fields["layer"], t.fields["channel"])
+            n = self._neuron(t.layer, t.channel)
             n.run, n.image, n.record = d, image, rec
             alpha = inside(d, o.transparency, where, "an output") if o.transparency else None
             n.transparency = alpha if alpha is not None and alpha.is_file() else None

@@ -95,7 +95,7 @@ def entries_from_run(run_dir: str | os.PathLike) -> list[GalleryEntry]:
         alpha = inside(run_dir, o.transparency, where, "an output") if o.transparency else None
         metrics = (rec.metrics or {}).get(o.image, {})
         out.append(GalleryEntry(inside(run_dir, o.image, where, "an output"), rec.method,
-                                o.label or o.target or str(rec.target_of(o).target()),
+                                o.label or o.target or str(rec.target_of(o).target),
                                 alpha if alpha is not None and alpha.is_file() else None, dict(metrics), refs))
     return out
 

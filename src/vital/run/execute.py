@@ -107,15 +107,13 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
     images = model.denormalize(trace.image).clamp(0, 1).cpu()
     options_record = {**{k: v for k, v in asdict(opts).items() if k != "progress"}, **asdict(method_opts)}
     run = RunRecord(
-        method, ModelEntry(model.name, model.weights_id, list(model.mean), list(model.std), model.size, model.resize,
-                           model.interpolation),
-        [TargetEntry.of(t, _label(model, t)) for t in base_targets], options_record,
-        [None if r is None else ReferenceEntry.of(r) for r in base_refs],
-        recipe.settings.as_dict(), recipe.objective.state(), recipe.param.state(), recipe.record, seed,
-        str(model.device), versions(),
-        {"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3), "optimise_s": round(trace.seconds, 3),
-         "step_ms": round(1000 * trace.step_seconds, 3)},
-        trace.history[-1].tolist(), loss_curve(trace.history))
+        method=method, model=ModelEntry.of(model), targets=[TargetEntry(t, _label(model, t)) for t in base_targets],
+        options=options_record, references=[None if r is None else ReferenceEntry.of(r) for r in base_refs],
+        loop=recipe.settings.as_dict(), objective=recipe.objective.state(), parameterization=recipe.param.state(),
+        recipe=recipe.record, seed=seed, device=str(model.device), versions=versions(),
+        timings={"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3),
+                 "optimise_s": round(trace.seconds, 3), "step_ms": round(1000 * trace.step_seconds, 3)},
+        final_loss=trace.history[-1].tolist(), loss_curve=loss_curve(trace.history))
     return Result(images, trace.grad_accumulator.cpu(), trace.history, targets, labels, refs, run,
                   copies=copy_index if opts.copies > 1 else [])
 

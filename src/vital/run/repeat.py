@@ -98,7 +98,7 @@ def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = Non
     else:
         run = RunRecord.read(record)
     recorded_weights = _weights(run.model)
-    targets = [t.target() for t in run.targets]
+    targets = [t.target for t in run.targets]
     refs = [references_from_record(e) for e in run.references]
     model = load_model(run.model.name, weights or recorded_weights, device or "cpu")
     for entry, r in zip(run.references, refs, strict=True):
