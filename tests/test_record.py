@@ -22,7 +22,8 @@ from vital.outputs.record import RECORD, RunRecord
 
 OLD = Path(__file__).parent / "data" / "old_records"
 HASHES = json.loads((OLD / "pixels.json").read_text())
-VOLATILE = ("timings", "versions")  # what two runs of the same record may differ in
+VOLATILE = ("timings", "versions")
+CHAIN_REASON = "the rule chain lists every module from the target back to the shallowest layer"  # what two runs of the same record may differ in
 
 
 def _sha(a: np.ndarray) -> str:
@@ -36,7 +37,9 @@ def _sha(a: np.ndarray) -> str:
 # and a class record's `param` to the "pixel" its run used (the class default became "fourier" later)
 ADDED_LATER = {"options": {"activation": (None, 0.0), "sliced": (None,), "projections": (None,), "augment": (None,),
                            "param": (None, "pixel")},
-               "recipe": {"param": ("pixel",), "activation": (0.0,), "sliced": (0.0,), "augment": ("none",)}}
+               "recipe": {"param": ("pixel",), "activation": (0.0,), "sliced": (0.0,), "augment": ("none",),
+                          # the engine that ran, recorded later: the old channel run's was the rule chain too
+                          "relevance_backend": ("chain",), "relevance_reason": (CHAIN_REASON,)}}
 
 
 def _stable(record: dict) -> dict:

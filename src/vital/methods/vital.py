@@ -31,7 +31,6 @@ from vital.methods.base import (
 from vital.methods.history import OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
-from vital.objectives.base import Term
 from vital.objectives.sliced import SlicedAlignment
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
@@ -230,7 +229,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
                      target_weight=chosen["target_weight"], unweighted=chosen["unweighted"],
                      activation=chosen["activation"], chunk=8)
     layer_w = [float(v) * opts.feat_dist for v in w]
-    objective: Term
+    objective: Alignment
     if chosen["sliced"]:
         objective = SlicedAlignment(model, upstream, layer_w, refs, sliced=chosen["sliced"],
                                     projections=opts.projections, seed=run.seed, **alignment)
@@ -240,5 +239,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     param: Parameterization
     param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
     augment = scale_rotate if chosen["augment"] == "scale-rotate" else None
+    engine = objective.engine  # which relevance engine runs, and why: the rule chain and the modified-gradient
+    ran = {} if engine is None else {"relevance_backend": engine.backend, "relevance_reason": engine.reason}
     return Recipe(param, prior_term + objective, settings, augment=augment,
-                  record={"target_layer": target_layer, "matched_layers": upstream, **chosen})
+                  record={"target_layer": target_layer, "matched_layers": upstream, **chosen, **ran})

@@ -313,14 +313,15 @@ class Atlas:
             links = {(lay, ch): f"{up}neurons/{url(safe_name(lay))}/{ch}.html"
                      for lay in self.layers() for ch in self.channels(lay)}  # every neuron has a page
             circuit = {"references": found.references, "relevance": found.relevance, "svg": svg(found, links)}
-        record = None
+        record = relevance = None
         if n is not None and n.record is not None:
             shown = {k: v for k, v in n.record.as_json().items() if k != "loss_curve"}
             record = json.dumps(shown, indent=1, default=str)
+            relevance = relevance_ran(n.record)
         _page("atlas_neuron.html", page, f"{layer}:{c} · vital atlas", 2, layer=layer, channel=c,
               layer_href=f"{up}layers/{url(safe_name(layer))}.html", figures=figures,
               metrics=" · ".join(f"{k} {v:.4g}" for k, v in n.metrics.items()) if n is not None else "",
-              patches=patches, circuit=circuit, record=record)
+              patches=patches, circuit=circuit, record=record, relevance=relevance)
 
     def _index(self, rows: list[tuple[str, int, int, dict | None]]) -> None:
         model = next(iter(self.models), "")
@@ -328,6 +329,18 @@ class Atlas:
                   "kid": "" if k is None else f"{100 * k['mean']:.2f} ± {100 * k['std']:.2f} "
                                               f"(n = {k['n_vis']} / {k['n_real']})"} for layer, n, v, k in rows]
         _page("atlas_index.html", self.out / "index.html", f"vital atlas · {model}", 0, model=model, rows=shown)
+
+
+def relevance_ran(record: RunRecord) -> str | None:
+    """Which relevance weighted the run's alignment, by which engine and why, as a neuron page says it; None for a
+    run that used none (a baseline, `relevance="none"`)."""
+    method = record.recipe.get("relevance")
+    if method in (None, "none"):
+        return None
+    backend = record.recipe.get("relevance_backend")
+    if backend is None:
+        return f"relevance: {method} (the engine is not recorded: the run predates that)"
+    return f"relevance: {method}, by the {backend} engine: {record.recipe.get('relevance_reason', '')}"
 
 
 def _metric_key(name: str) -> str:

@@ -103,4 +103,18 @@ def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = Non
     model = load_model(run.model.name, weights or recorded_weights, device or "cpu")
     for entry, r in zip(run.references, refs, strict=True):
         _check_hashes(entry, r)
-    return visualize(model, targets, refs, progress=progress, **run.run_arguments())
+    again = visualize(model, targets, refs, progress=progress, **run.run_arguments())
+    _check_engine(run, again)
+    return again
+
+
+def _check_engine(run: RunRecord, again: Result) -> None:
+    """Warn when the rerun's relevance came from another engine than the recorded run's (the rule chain and the
+    modified-gradient rules differ for Linear, BatchNorm, ReLU6 and residual joins): its image differs then."""
+    then = run.recipe.get("relevance_backend")
+    now = again.run.recipe.get("relevance_backend") if again.run is not None else None
+    if then is not None and now != then:
+        why = again.run.recipe.get("relevance_reason", "") if again.run is not None else ""
+        warnings.warn(f"this rerun computed relevance with the {now} engine ({why}); the recorded run used the "
+                      f"{then} engine ({run.recipe.get('relevance_reason', '')}): the image will differ",
+                      stacklevel=2)
