@@ -36,8 +36,9 @@ def _sha(a: np.ndarray) -> str:
 # `activation` to the 0.0 its run used (the channel default became 1.0 later: vital.methods.history, the method's declared history)
 # and a class record's `param` to the "pixel" its run used (the class default became "fourier" later)
 ADDED_LATER = {"options": {"activation": (None, 0.0), "sliced": (None,), "projections": (None,), "augment": (None,),
-                           "param": (None, "pixel")},
+                           "param": (None, "pixel"), "relevance_rules": (None,)},
                "recipe": {"param": ("pixel",), "activation": (0.0,), "sliced": (0.0,), "augment": ("none",),
+                          "relevance_rules": ("zplus",),
                           # the engine that ran, recorded later: the old channel run's was the rule chain too
                           "relevance_backend": ("chain",), "relevance_reason": (CHAIN_REASON,)}}
 

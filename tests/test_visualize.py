@@ -63,7 +63,8 @@ def test_rerun_from_record_options_is_identical(tiny_model):
                  warmup=2, layers=["stem", "stage1.1"], layer_weights=[0.5, 2.0], feat_dist=0.5,
                  relevance="guided-backprop", mask="multiply", target_weight=0.5, unweighted=0.25, param="pixel",
                  copies=2, diversity=0.1, diversity_layer="stage1.1", activation=0.5, sliced=0.5, projections=5,
-                 augment="scale-rotate")
+                 augment="scale-rotate", relevance_rules={"Conv2d": "z+"})  # the default rules as a map: guided
+    # backprop refuses any other
     assert set(given) == set(option_names("vital")) - {"progress"}  # a new option must be added here
     defaults = {**vars(RunOptions()), **vars(get_method("vital").options())}
     assert all(given[k] != defaults[k] for k in given)

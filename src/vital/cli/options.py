@@ -39,6 +39,9 @@ HELP: dict[str, str] = {
     "sliced": "channels: weight of sliced-Wasserstein alignment along random channel directions",
     "projections": "channels: number of those directions (default: one per channel)",
     "augment": "channels: none or scale-rotate (random scaling and rotation of every step's image)",
+    "relevance_rules": "channels: the rule chain's LRP rule per layer type, a preset: zplus (z+ for Conv2d and "
+                       "Linear, the paper's), epsilon-plus (z+ for Conv2d, epsilon for Linear, as zennit's "
+                       "EpsilonPlus) or epsilon (epsilon for both); Python also takes a {type: rule} map",
     "magnitude": "maco: a magnitude spectrum file (default: the references' mean amplitude spectrum)",
     "crops": "maco: random crops per image and step",
     "bn_weight": "deepinversion: weight of the BatchNorm statistics term",

@@ -10,7 +10,7 @@ measured ones of bench/quality_neuron.py on photos the optimisation never saw (s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
 from vital.relevance import readout
 from vital.relevance.readout import Readout
+from vital.relevance.rule_maps import DEFAULT_PRESET, resolve_rules
 from vital.run.transforms import scale_rotate
 from vital.targets import Channel, Class, Direction, Target
 
@@ -62,6 +63,7 @@ class VitalOptions:
     | sliced | - | 0 | weight of sliced-Wasserstein alignment along random channel directions (`vital.objectives.sliced`) |
     | projections | - | channels | the number of those directions (default one per channel) |
     | augment | - | none | none, or scale-rotate: random scaling and rotation of every step's image |
+    | relevance_rules | - | zplus | the rule chain's LRP rule per layer type: a preset (zplus, epsilon-plus, epsilon) or a map |
 
     "-": the option is refused for classes (a class is aligned with its references as a whole). The defaults are
     declared once (`HISTORY`); tests/test_option_defaults.py checks this table, the help text and the record
@@ -79,6 +81,7 @@ class VitalOptions:
     sliced: float | None = None
     projections: int | None = None
     augment: str | None = None
+    relevance_rules: str | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         validate.choice("relevance", self.relevance, RELEVANCE_METHODS)
@@ -89,6 +92,8 @@ class VitalOptions:
         validate.number("feat_dist", self.feat_dist, low=0, optional=False)
         validate.choice("augment", self.augment, AUGMENTS)
         validate.integer("projections", self.projections, low=1)
+        if self.relevance_rules is not None:
+            resolve_rules(self.relevance_rules)
         for name in ("target_weight", "unweighted", "activation", "sliced"):
             validate.number(name, getattr(self, name), low=0)
 
@@ -103,7 +108,7 @@ class VitalOptions:
 NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
                    "param": "fourier", "activation": 1.0}
 # Additions measured on held-out photos (bench/quality_neuron.py); off by default.
-NEURON_EXTRAS = {"sliced": 0.0, "augment": "none"}
+NEURON_EXTRAS = {"sliced": 0.0, "augment": "none", "relevance_rules": DEFAULT_PRESET}
 NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the authors' intermediate-neuron defaults
 FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
 # Classes: the decorrelated Fourier image, chosen on nine photos (three that no earlier tuning used): the paper's
@@ -160,7 +165,7 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
     neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "activation", "sliced",
-                                                 "projections", "augment")}
+                                                 "projections", "augment", "relevance_rules")}
     if opts.relevance not in (None, "none") or any(v is not None for v in neuron_only.values()):
         given = {k: v for k, v in {"relevance": opts.relevance, **neuron_only}.items() if v is not None}
         raise VitalError(f"options {sorted(given)} apply to channel targets; a class is aligned with its "
@@ -227,7 +232,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     check_input_size(model, settings)
     alignment = dict(channels=units, target_layer=target_layer, relevance=chosen["relevance"], mask=chosen["mask"],
                      target_weight=chosen["target_weight"], unweighted=chosen["unweighted"],
-                     activation=chosen["activation"], chunk=8)
+                     activation=chosen["activation"], relevance_rules=chosen["relevance_rules"], chunk=8)
     layer_w = [float(v) * opts.feat_dist for v in w]
     objective: Alignment
     if chosen["sliced"]:

@@ -14,7 +14,7 @@ modified-gradient choice is also announced once per model type and reason (a war
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from vital.relevance.chain.families import default_chain
 from vital.relevance.guided import GuidedRelevance
 from vital.relevance.modified_gradient import ModifiedGradientRelevance
 from vital.relevance.readout import Readout
+from vital.relevance.rule_maps import is_default, resolve_rules
 from vital.relevance.zplus import EPS
 
 ATTRIBUTION_METHODS = ("lrp", "lrp-restricted", "guided-backprop")
@@ -113,10 +114,14 @@ def _guided(model: nn.Module, modules: dict[str, nn.Module], target_layer: str, 
 
 
 def select_backend(model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp", *,
-                   eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True) -> BackendChoice:
+                   eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True,
+                   rules: str | Mapping[str, str] | None = None) -> BackendChoice:
     """The backend for `method` on `model` from `target_layer` back to `layers`, and why. For the LRP methods: the
     rule chain where it lists every module from the target back to the shallowest layer, else the
-    modified-gradient rules (a layer inside a block included: the chain would have to split the block)."""
+    modified-gradient rules (a layer inside a block included: the chain would have to split the block).
+    `rules`: the chain's rule per layer type (`vital.relevance.rule_maps`); another than the default preset is
+    refused where the chain does not run (the other backends have rules of their own)."""
+    rule_map = resolve_rules(rules)
     if method not in ATTRIBUTION_METHODS:
         raise VitalError(f"unknown relevance method '{method}'; use one of {', '.join(ATTRIBUTION_METHODS)}")
     if isinstance(layers, str) or not layers:
@@ -127,10 +132,16 @@ def select_backend(model: nn.Module, target_layer: str, layers: Sequence[str], m
         check_guided(model)
     _check_names(modules, target_layer, layers)
     if method == "guided-backprop":
+        if not is_default(rule_map):
+            raise VitalError("relevance rules apply to LRP, not to guided backprop; leave relevance_rules at its "
+                             "default")
         return _guided(model, modules, target_layer, layers)
     chain = default_chain(model)
     index = chain.index()
     why = _off_chain(chain, index, target_layer, layers)
+    if why is not None and not is_default(rule_map):
+        raise VitalError(f"relevance rules {rule_map} apply to the LRP rule chain, which does not run here ({why});"
+                         " leave relevance_rules at its default")
     if why is not None:
         _announce(model, why)
         return BackendChoice(ModifiedGradientRelevance(model, target_layer, layers, method),
@@ -138,7 +149,7 @@ def select_backend(model: nn.Module, target_layer: str, layers: Sequence[str], m
     positions = {n: index[n] for n in layers}
     _check_order(dict(positions), index[target_layer], target_layer)
     backend = ChainRelevance(chain.steps, target_layer, index[target_layer], positions, method, eps,
-                             fold_batchnorm, conserve)
+                             fold_batchnorm, conserve, rule_map)
     return BackendChoice(backend, "the rule chain lists every module from the target back to the shallowest layer")
 
 
