@@ -74,7 +74,7 @@ class Recipe:
     objective: Term
     settings: LoopSettings
     augment: Augment | None = None
-    record: dict = field(default_factory=dict)  # method-specific facts for the run record
+    resolved: dict = field(default_factory=dict)  # what the method resolved (its defaults): the record's "recipe"
 
     def __enter__(self) -> Recipe:
         self.objective.__enter__()

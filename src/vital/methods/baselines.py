@@ -53,7 +53,7 @@ def build_fourier(model: VisionModel, targets: Sequence[Target], references: Seq
     lo, hi = model.pixel_bounds()
     param = FourierParam(len(targets), model.size, lo, hi, generator=seed_generator(run))
     return Recipe(param, priors + Activation(model, targets), settings, augment=random_scale,
-                  record={"augment": "jitter + random scale 0.9-1.1"})
+                  resolved={"augment": "jitter + random scale 0.9-1.1"})
 
 
 MACO_CROPS = 4
@@ -99,7 +99,7 @@ def build_maco(model: VisionModel, targets: Sequence[Target], references: Sequen
         return crops_with_noise(x, gen, n_crops, model.size, crop_scale=MACO_CROP_SCALE, noise=noise)
 
     return Recipe(param, priors + Activation(model, targets), settings, augment=crops,
-                  record={"canvas": canvas, "crops": n_crops, "crop_scale": MACO_CROP_SCALE, "noise": MACO_NOISE,
+                  resolved={"canvas": canvas, "crops": n_crops, "crop_scale": MACO_CROP_SCALE, "noise": MACO_NOISE,
                           "magnitude": opts.magnitude or "mean amplitude spectrum of the references"})
 
 
@@ -129,4 +129,4 @@ def build_deepinversion(model: VisionModel, targets: Sequence[Target], reference
     param = pixel_param(model, len(targets), run, clip)
     # the statistics term is added to the class term before the priors, as DeepInversion sums them
     objective = Sum([priors, Sum([Activation(model, targets, cross_entropy=True), bn])])
-    return Recipe(param, objective, settings, record={"bn_weight": float(opts.bn_weight)})
+    return Recipe(param, objective, settings, resolved={"bn_weight": float(opts.bn_weight)})

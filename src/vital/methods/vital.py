@@ -177,7 +177,7 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     check_input_size(model, settings)
     objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], refs)
     param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
-    return Recipe(param, prior_term + objective, settings, record={"param": chosen_param})
+    return Recipe(param, prior_term + objective, settings, resolved={"param": chosen_param})
 
 
 def _fourier(model: VisionModel, batch: int, run: RunOptions) -> FourierParam:
@@ -247,4 +247,4 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     engine = objective.engine  # which relevance engine runs, and why: the rule chain and the modified-gradient
     ran = {} if engine is None else {"relevance_backend": engine.backend, "relevance_reason": engine.reason}
     return Recipe(param, prior_term + objective, settings, augment=augment,
-                  record={"target_layer": target_layer, "matched_layers": upstream, **chosen, **ran})
+                  resolved={"target_layer": target_layer, "matched_layers": upstream, **chosen, **ran})

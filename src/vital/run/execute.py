@@ -110,7 +110,7 @@ def visualize(model: VisionModel | str, targets: Target | Sequence[Target],
         method=method, model=ModelEntry.of(model), targets=[TargetEntry(t, _label(model, t)) for t in base_targets],
         options=options_record, references=[None if r is None else ReferenceEntry.of(r) for r in base_refs],
         loop=recipe.settings.as_dict(), objective=recipe.objective.state(), parameterization=recipe.param.state(),
-        recipe=recipe.record, seed=seed, device=str(model.device), versions=versions(),
+        recipe=recipe.resolved, seed=seed, device=str(model.device), versions=versions(),
         timings={"total_s": round(prep + trace.seconds, 3), "setup_s": round(prep, 3),
                  "optimise_s": round(trace.seconds, 3), "step_ms": round(1000 * trace.step_seconds, 3)},
         final_loss=trace.history[-1].tolist(), loss_curve=loss_curve(trace.history))
