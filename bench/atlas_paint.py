@@ -23,8 +23,8 @@ from PIL import Image
 from torch import nn
 
 import vital
-from vital.atlas import build_atlas
 from vital.models import load_model
+from vital.pages.atlas import build_atlas
 from vital.references.mining import mine
 
 CHECK = """<script>

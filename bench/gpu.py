@@ -5,7 +5,7 @@
   included, extrapolated from the median step of a short run.
 - A layer4 neuron (VITAL's channel defaults), 2000 steps: seconds per image (the paper: 2-3 min).
 - Speed options on the class step (channels-last, bf16 autocast, torch.compile): step time and the deviation of
-  logits and input gradients that `vital.speed.accelerate` measures and checks.
+  logits and input gradients that `vital.run.speed.accelerate` measures and checks.
 - Sort-matching of ResNet-50's five matched layers (batch 8, forward + backward): torch.sort on the device against
   the CPU path (numpy key sort on threads).
 - Mining a synthetic JPEG folder: images/s with PIL decoding in DataLoader workers against decoding on the device
@@ -33,10 +33,10 @@ from vital.methods import RunOptions, build_recipe
 from vital.methods.vital import VitalOptions
 from vital.models import load_model
 from vital.objectives.sort_matching import Prototype, sort_matching_losses
-from vital.optimize import optimize
 from vital.references.mining import mine
 from vital.references.photos import OFFLINE_PHOTOS, photo_references
-from vital.speed import SpeedOptions, accelerate, autocast
+from vital.run.loop import optimize
+from vital.run.speed import SpeedOptions, accelerate, autocast
 from vital.targets import Channel, Class
 
 STEPS = 2000

@@ -17,8 +17,8 @@ import torch
 from vital.methods import RunOptions, build_recipe
 from vital.models import load_model
 from vital.objectives.base import Term, Views
-from vital.optimize import optimize
 from vital.references.photos import OFFLINE_PHOTOS, photo_references
+from vital.run.loop import optimize
 from vital.targets import Class
 
 

@@ -25,8 +25,8 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 import vital
-from vital.evaluate.classify import load_judges, topk_accuracy
-from vital.evaluate.neuron import high_frequency_share
+from vital.metrics.classify import load_judges, topk_accuracy
+from vital.metrics.neuron import high_frequency_share
 from vital.references.images import ReferenceSet, load_rgb
 from vital.references.photos import OFFLINE_PHOTOS, offline_photo_files, views
 

@@ -42,9 +42,9 @@ import torch
 from PIL import Image
 
 import vital
-from vital.evaluate.embedding import penultimate_features
-from vital.evaluate.fid import InceptionFeatures
-from vital.evaluate.neuron import channel_spatial_max, high_frequency_share, retrieval_from_features
+from vital.metrics.embedding import penultimate_features
+from vital.metrics.fid import InceptionFeatures
+from vital.metrics.neuron import channel_spatial_max, high_frequency_share, retrieval_from_features
 from vital.references.photos import corpus_source, offline_photo_files, photo_corpus
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -23,7 +23,7 @@ import torch
 
 import vital
 from vital.features import FeatureExtractor
-from vital.io import to_uint8
+from vital.outputs.io import to_uint8
 from vital.references.photos import photo_references
 
 VARIANTS = [("avx512", 2), ("avx512", 1), ("avx2", 2), ("default", 2), ("default", 1)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from vital.io import to_uint8
+from vital.outputs.io import to_uint8
 
 
 def grid(path: Path, rows: Sequence[Sequence[torch.Tensor]], columns: Sequence[str], row_labels: Sequence[str],

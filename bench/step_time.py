@@ -29,9 +29,9 @@ import torch
 from vital.methods import RunOptions, build_recipe
 from vital.methods.vital import VitalOptions
 from vital.models import load_model
-from vital.optimize import optimize
 from vital.references.mining import mine
 from vital.references.photos import OFFLINE_PHOTOS, photo_references
+from vital.run.loop import optimize
 from vital.targets import Channel, Class
 
 

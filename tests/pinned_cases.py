@@ -16,8 +16,8 @@ from PIL import Image
 from torch import nn
 
 import vital
-from vital.io import to_uint8
 from vital.models import load_model
+from vital.outputs.io import to_uint8
 from vital.references.images import from_images
 from vital.relevance import RelevanceEngine
 

@@ -31,8 +31,8 @@ IMAGE_SHARE = 1e-3
 
 
 def to_levels(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, as `vital.io.to_uint8` saves each image."""
-    from vital.io import to_uint8
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, as `vital.outputs.io.to_uint8` saves each image."""
+    from vital.outputs.io import to_uint8
 
     return np.stack([to_uint8(im) for im in images.detach().cpu()])
 

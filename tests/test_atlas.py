@@ -18,9 +18,9 @@ from PIL import Image
 from torch import nn
 
 import vital
-from vital.atlas import build_atlas
 from vital.circuit import circuit, svg
 from vital.models import load_model
+from vital.pages.atlas import build_atlas
 from vital.references.images import from_images
 from vital.references.mining import mine
 

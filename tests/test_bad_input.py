@@ -24,9 +24,9 @@ from PIL import Image
 import vital
 import vital.cli
 from vital.errors import VitalError
-from vital.evaluate import Visual, evaluate
-from vital.folders import RunFolder
+from vital.metrics.evaluation import Visual, evaluate
 from vital.models import load_model
+from vital.outputs.claim import RunFolder
 from vital.references.images import from_class_folder, from_folder
 from vital.references.mining import MiningStore, mine
 from vital.targets import Channel, Class, parse_range
@@ -260,7 +260,7 @@ def test_offline_promise_no_connection_is_ever_tried(tmp_path):
         socket.create_connection = lambda *a, **k: refuse(None, a[0] if a else None)
         from vital.errors import VitalError
         from vital.models import load_model
-        from vital.evaluate.clip import _load
+        from vital.metrics.clip import _load
         for call in (lambda: load_model("timm:resnet18"), lambda: load_model("resnet18"),
                      lambda: _load("ViT-B-32", "openai", "cpu"), lambda: _load("ViT-B-32", "{tmp_path}/x.pt", "cpu")):
             try:
@@ -398,7 +398,7 @@ def test_kill_during_save_keeps_the_previous_run(world, lite0, tmp_path, monkeyp
 
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("vital.record"), "write_json", dies)
+    monkeypatch.setattr(importlib.import_module("vital.outputs.record"), "write_json", dies)
     with pytest.raises(KeyboardInterrupt):
         second.save(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
@@ -409,7 +409,7 @@ def test_two_writers_and_a_stale_lock(tmp_path):
     out = tmp_path / "shared"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from vital.folders import RunFolder
+        from vital.outputs.claim import RunFolder
         with RunFolder({str(out)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -436,7 +436,7 @@ def test_random_networks_are_reproducible():
 
 
 def test_report_links_are_url_encoded_and_names_need_not_be_utf8(world, lite0, tmp_path):
-    from vital.report import GalleryEntry, rows_from_entries, write_gallery
+    from vital.pages.report import GalleryEntry, rows_from_entries, write_gallery
 
     odd = tmp_path / "odd"
     odd.mkdir()

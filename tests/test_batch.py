@@ -17,9 +17,9 @@ from conftest import FACTORY, TESTS, class_job, noise_folder, parse_batch_args, 
 
 import vital
 from vital.errors import VitalError
-from vital.io import to_uint8
 from vital.jobs import Job, MineJob, ModelSpec, References, plan, run_job, run_mining
 from vital.jobs.work import batch_size_for
+from vital.outputs.io import to_uint8
 from vital.references.images import from_folder
 from vital.references.mining import MiningStore, mine
 from vital.references.mining_merge import merge_stores, shard_bounds
@@ -112,7 +112,7 @@ def test_failed_batch_is_reported_and_the_rest_is_done(tmp_path, refs_dir):
 def test_a_worker_builds_the_model_once_and_releases_it(tmp_path, refs_dir):
     """The model cache is the job's: one build for all batches, the speed options undone when the worker closes."""
     from vital.jobs.work import Worker
-    from vital.speed import SpeedOptions
+    from vital.run.speed import SpeedOptions
 
     job = class_job(refs_dir, speed=SpeedOptions(channels_last=True))
     with Worker() as worker:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vital.evaluate.kid import polynomial_mmd2
+from vital.metrics.kid import polynomial_mmd2
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 from intervals import KIDBootstrap, bootstrap  # noqa: E402

@@ -14,11 +14,11 @@ from PIL import Image
 from torch import nn
 
 import vital
-from vital.atlas import build_atlas
 from vital.errors import VitalError
 from vital.models import load_model
+from vital.pages.atlas import build_atlas
+from vital.pages.report import entries_from_run, gallery_from_runs
 from vital.references.mining import MiningStore, mine
-from vital.report import entries_from_run, gallery_from_runs
 
 
 def _photos(folder: Path, n: int = 4, seed: int = 0) -> Path:

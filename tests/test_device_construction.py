@@ -117,9 +117,9 @@ def test_circuit(refs):
 
 
 def test_metrics():
-    from vital.evaluate.classify import topk_accuracy
-    from vital.evaluate.embedding import penultimate_features, tsne
-    from vital.evaluate.kid import kid_from_features
+    from vital.metrics.classify import topk_accuracy
+    from vital.metrics.embedding import penultimate_features, tsne
+    from vital.metrics.kid import kid_from_features
 
     images, judge = torch.rand(4, 3, 32, 32), tiny_sequential()
     with meta():
@@ -136,9 +136,9 @@ def test_metrics():
 def test_judges_and_kid_on_the_real_networks():
     """The offline judge (efficientnet_lite1) and the FID Inception network behind KID, loaded first, then run under
     the meta default."""
-    from vital.evaluate.classify import load_judges, topk_accuracy
-    from vital.evaluate.fid import InceptionFeatures
-    from vital.evaluate.kid import kid_from_features
+    from vital.metrics.classify import load_judges, topk_accuracy
+    from vital.metrics.fid import InceptionFeatures
+    from vital.metrics.kid import kid_from_features
 
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     (judge,) = load_judges(["efficientnet_lite1"])

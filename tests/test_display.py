@@ -13,9 +13,9 @@ from conftest import TinyNet, noise_folder
 from PIL import Image
 
 import vital
-from vital.evaluate import EvalTable
-from vital.io import to_uint8
+from vital.metrics.evaluation import EvalTable
 from vital.models import load_model
+from vital.outputs.io import to_uint8
 from vital.references.images import from_images
 
 EVIL = '<script>alert("x")</script> & <b>'

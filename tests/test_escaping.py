@@ -18,12 +18,12 @@ from PIL import Image
 from torch import nn
 
 import vital
-from vital.atlas import build_atlas
 from vital.circuit import circuit, svg
-from vital.evaluate import EvalTable
+from vital.metrics.evaluation import EvalTable
 from vital.models import load_model
+from vital.pages.atlas import build_atlas
+from vital.pages.report import gallery_from_runs, write_gallery
 from vital.references.mining import mine
-from vital.report import gallery_from_runs, write_gallery
 
 SCRIPT = "<script>alert(1)</script>"
 ONLOAD = "<svg onload=alert(1)>"

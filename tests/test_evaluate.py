@@ -1,9 +1,8 @@
-"""vital.evaluate: top-k ranks, FID (real Inception network), CLIP zero-shot, t-SNE embeddings, the results table."""
+"""vital.evaluate and vital.metrics: top-k ranks, FID (real Inception network), CLIP zero-shot, t-SNE embeddings, the results table."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import sys
@@ -18,11 +17,11 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from vital.errors import VitalError
-from vital.evaluate import EvalTable, Visual, evaluate
-from vital.evaluate.classify import target_ranks, topk_accuracy
-from vital.evaluate.clip import clip_zero_shot, zero_shot_ranks
-from vital.evaluate.embedding import last_linear, penultimate_features, tsne
-from vital.evaluate.fid import (
+from vital.metrics.classify import target_ranks, topk_accuracy
+from vital.metrics.clip import clip_zero_shot, zero_shot_ranks
+from vital.metrics.embedding import last_linear, penultimate_features, tsne
+from vital.metrics.evaluation import EvalTable, Visual, evaluate
+from vital.metrics.fid import (
     InceptionFeatures,
     fid,
     frechet_distance,
@@ -211,7 +210,8 @@ def test_inception_features_are_computed_once_per_image_and_owned_by_their_objec
 
 
 def test_fid_module_keeps_no_state_between_calls():
-    fid_module = importlib.import_module("vital.evaluate.fid")  # `vital.evaluate` is also the function
+    from vital.metrics import fid as fid_module
+
     assert not hasattr(fid_module, "FEATURE_CACHE")
     assert not hasattr(fid_module.load_inception, "cache_info") and not hasattr(fid_module.sha1_file, "cache_info")
 
@@ -240,7 +240,7 @@ def test_clip_is_skipped_with_one_line_without_weights(monkeypatch, tmp_path):
 def test_hf_offline_is_scoped_and_restored(monkeypatch):
     import huggingface_hub.constants as hub
 
-    from vital.offline import hf_offline
+    from vital.models.offline import hf_offline
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)

@@ -2,8 +2,12 @@
 
 The graph is read from the source with ast: an edge for every `import vital.x` and `from vital.x import y` (to
 `vital.x.y` where that is a module, else to `vital.x`), inside functions too (a deferred import is still a
-dependency). Imports under `if TYPE_CHECKING:` are annotations only, never run, and are not counted. A package's own `__init__` is not counted as a dependency of its submodules (Python runs it first
-anyway); only explicit imports are."""
+dependency). Imports under `if TYPE_CHECKING:` are annotations only, never run, and are not counted.
+
+Importing `vital.a.b` runs `vital/a/__init__.py` first, so it is an edge to `vital.a` too: a circle through a
+package's `__init__` (one that re-exports a submodule) is a circle. Only the packages a module itself lives in are
+left out (Python has begun running them before the module, and a submodule import inside them is no circle), and
+the top package `vital`, which nothing may import (the last test)."""
 
 from __future__ import annotations
 
@@ -55,7 +59,19 @@ def import_graph() -> dict[str, set[str]]:
                     t = t.rpartition(".")[0]
                 if t and t != name:
                     graph[name].add(t)
+                graph[name] |= _packages_run_first(t, name)
     return graph
+
+
+def _ancestors(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]  # vital.a, vital.a.b (never `vital` itself)
+
+
+def _packages_run_first(target: str, importer: str) -> set[str]:
+    """The packages whose `__init__` runs when `importer` imports `target`, less those `importer` lives in."""
+    own = set(_ancestors(importer)) | {importer}
+    return {p for p in _ancestors(target) if p not in own}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[tuple[str, ...]]:
@@ -100,7 +116,12 @@ def test_the_graph_reader_finds_a_circle_and_a_deferred_import():
     g = import_graph()
     assert "vital.relevance.readout" in g["vital.objectives.activation"]  # `from vital.relevance import readout`
     assert "vital.relevance.chain.build" in g["vital.relevance.chain.families"]
-    assert "vital.visualize" not in g["vital.run_folder"]  # only under `if TYPE_CHECKING:`
+    assert "vital.run.execute" not in g["vital.outputs.run_files"]  # only under `if TYPE_CHECKING:`
+    # `from vital.references.photos import ...` runs vital/references/__init__.py first: an edge to it too
+    assert {"vital.references", "vital.references.photos"} <= g["vital.outputs.entries"]
+    # a module's own packages are not edges of it
+    assert "vital.relevance" not in g["vital.relevance.chain.families"]
+    assert _packages_run_first("vital.a.b.c", "vital.a.d") == {"vital.a.b"}
 
 
 def test_no_import_circle_in_src_vital():

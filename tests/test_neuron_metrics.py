@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from vital.errors import VitalError
-from vital.evaluate.kid import kid_from_features, polynomial_mmd2
-from vital.evaluate.neuron import (
+from vital.features import FeatureExtractor
+from vital.metrics.kid import kid_from_features, polynomial_mmd2
+from vital.metrics.neuron import (
     activation_ratio,
     channel_spatial_max,
     high_frequency_share,
     naturalness_ratio,
     retrieval_from_features,
 )
-from vital.features import FeatureExtractor
 
 
 def test_polynomial_mmd_matches_a_double_loop():

@@ -5,8 +5,8 @@ import torch
 
 from vital.errors import VitalError
 from vital.objectives.base import Term, Views
-from vital.optimize import LoopSettings, Stage, lr_at, optimize, setting
 from vital.params.pixel import PixelParam
+from vital.run.loop import LoopSettings, Stage, lr_at, optimize, setting
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -68,7 +68,7 @@ def test_wheel_holds_the_library_only(dist):
     library = {p.relative_to(src).as_posix() for p in (src / "vital").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert library <= set(names), sorted(library - set(names))  # every module and template travels
-    assert {"vital/__main__.py", "vital/_version.py", "vital/display.py", f"{info}licenses/LICENSE"} <= set(names)
+    assert {"vital/__main__.py", "vital/_version.py", "vital/pages/display.py", "vital/pages/templates/base.html", f"{info}licenses/LICENSE"} <= set(names)
     whl = zipfile.ZipFile(_wheel(dist))
     entry_points = whl.read(f"{info}entry_points.txt").decode()
     assert re.search(r"^vital = vital\.cli:main$", entry_points, re.M)

@@ -13,7 +13,7 @@ from scipy import ndimage
 from vital.errors import VitalError
 from vital.params.fourier import FourierParam
 from vital.params.maco import MacoParam, load_magnitude, maco_magnitude_from_images, phase_of
-from vital.transforms import crop_boxes, crop_resize, crops_with_noise
+from vital.run.transforms import crop_boxes, crop_resize, crops_with_noise
 
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)

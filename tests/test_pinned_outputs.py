@@ -32,7 +32,7 @@ PINS = load_pins(Path(__file__).parent / "fixtures" / "house_pins.npz")
 def announcements_kept():
     """The modified-gradient choice is announced once per model type and reason: these runs, which ignore the
     warnings, must not use up an announcement that another test expects."""
-    from vital.relevance import backend
+    from vital.relevance import choice as backend
 
     before = set(backend._ANNOUNCED)
     yield

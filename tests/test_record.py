@@ -1,4 +1,4 @@
-"""vital.record: one reader and writer of record.json. Records written by earlier code (tests/data/old_records,
+"""vital.outputs.record: one reader and writer of record.json. Records written by earlier code (tests/data/old_records,
 written by the code before RunRecord existed) read back to the same JSON and rerun to the same pixels (within the
 rounding of any CPU: tests/pins.py); a batch job writes the same records and pixels; every hand-edited field is one
 line naming the file and the field."""
@@ -16,23 +16,27 @@ from pins import load_pins, mismatches, pin_parts
 
 import vital
 from vital.errors import VitalError
-from vital.io import to_uint8
 from vital.jobs import run_job
-from vital.record import RECORD, RunRecord
+from vital.outputs.io import to_uint8
+from vital.outputs.record import RECORD, RunRecord
 
 OLD = Path(__file__).parent / "data" / "old_records"
 PIXELS = load_pins(OLD / "pixels.npz")  # tests/fixtures/make_house_pins.py
 VOLATILE = ("timings", "versions")  # what two runs of the same record may differ in
+CHAIN_REASON = "the rule chain lists every module from the target back to the shallowest layer"
 
 
 # Fields that later options added to the record, each with the value that means "as before" (the option off, or
 # the class image's pixel parameterisation, the only one older code had).
 # fields added after the old records, at the values that reproduce them; a rerun of an old channel record pins
-# `activation` to the 0.0 its run used (the channel default became 1.0 later: vital.record.pin_changed_defaults)
+# `activation` to the 0.0 its run used (the channel default became 1.0 later: vital.methods.history, the method's declared history)
 # and a class record's `param` to the "pixel" its run used (the class default became "fourier" later)
 ADDED_LATER = {"options": {"activation": (None, 0.0), "sliced": (None,), "projections": (None,), "augment": (None,),
-                           "param": (None, "pixel")},
-               "recipe": {"param": ("pixel",), "activation": (0.0,), "sliced": (0.0,), "augment": ("none",)}}
+                           "param": (None, "pixel"), "relevance_rules": (None,)},
+               "recipe": {"param": ("pixel",), "activation": (0.0,), "sliced": (0.0,), "augment": ("none",),
+                          "relevance_rules": ("zplus",),
+                          # the engine that ran, recorded later: the old channel run's was the rule chain too
+                          "relevance_backend": ("chain",), "relevance_reason": (CHAIN_REASON,)}}
 
 
 def _stable(record: dict) -> dict:

@@ -147,7 +147,7 @@ def test_photo_references_are_seeded_views():
 
 
 def test_reference_spec_reads_the_refs_flag(imagenet_like, tmp_path):
-    from vital.references.spec import ReferenceSpec
+    from vital.references.refs_rule import ReferenceSpec
     from vital.targets import Channel, Class
 
     assert ReferenceSpec.flag_fields("offline") == {"source": "offline"}

@@ -26,7 +26,7 @@ from vital.relevance.zplus import ConvGeometry, crop, same_padding
 def announcements_kept():
     """The modified-gradient choice is announced once per model type and reason: these tests, which ignore the
     warnings, must not use up an announcement that another test expects."""
-    from vital.relevance import backend
+    from vital.relevance import choice as backend
 
     before = set(backend._ANNOUNCED)
     yield

@@ -1,4 +1,4 @@
-"""vital.report: the static HTML gallery, checked on disk and in a real headless Chromium."""
+"""vital.pages.report: the static HTML gallery, checked on disk and in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import skimage
 from PIL import Image
 
 from vital.errors import VitalError
-from vital.evaluate import EvalTable
-from vital.report import GalleryEntry, gallery_from_runs, rows_from_entries, write_gallery
+from vital.metrics.evaluation import EvalTable
+from vital.pages.report import GalleryEntry, gallery_from_runs, rows_from_entries, write_gallery
 
 DATA = Path(os.path.dirname(skimage.__file__)) / "data"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -69,7 +69,7 @@ def test_references_are_rebuilt_from_the_origin_not_from_strings(tmp_path):
     from conftest import noise_folder, tiny_sequential
 
     from vital.references.images import from_folder, from_images
-    from vital.rerun import references_from_record
+    from vital.run.repeat import references_from_record
 
     photos = photo_references(967, n=3, seed=5)
     entry = _entry(photos)
@@ -94,11 +94,12 @@ def test_references_are_rebuilt_from_the_origin_not_from_strings(tmp_path):
 
 def test_records_without_an_origin_still_rerun():
     """Records written before origins were recorded: the origin is read once from the old strings."""
-    from vital.rerun import legacy_origin, references_from_record
+    from vital.outputs.record import ReferenceEntry
+    from vital.run.repeat import references_from_record
 
     photos = photo_references(282, n=2, seed=4)
     old = {"source": photos.source, "requested": 2, "files": photos.describe()}
-    assert legacy_origin(old) == photos.origin
+    assert ReferenceEntry.from_json(old).origin == photos.origin
     assert references_from_record(old).describe() == photos.describe()
 
 
@@ -112,7 +113,13 @@ def test_the_run_record_keeps_each_reference_origin(tiny_model, tmp_path):
 
 def test_records_from_before_typed_options_give_valid_arguments():
     from vital.methods import split_options
-    from vital.rerun import run_arguments
+    from vital.outputs.record import RunRecord
+
+    def run_arguments(record: dict) -> dict:  # a whole record around the old options, read as vital.rerun reads it
+        targets = [{"kind": "class", "index": 0} if t["kind"] == "class" else {"kind": "channel", "layer": "x",
+                   "channel": 0} for t in record["targets"]]
+        return RunRecord.from_json({**record, "model": {"name": "m", "weights": "w"}, "targets": targets,
+                                    "references": [None]}).run_arguments()
 
     old = {"steps": 5, "setting": 1, "seed": 2, "layers": None, "layer_weights": None, "tv_l2": None, "tv_l1": None,
            "l2": None, "feat_dist": 1.0, "jitter": None, "flip": None, "lr": 0.1, "warmup": None,
@@ -132,8 +139,8 @@ def test_records_from_before_typed_options_give_valid_arguments():
 def test_rerun_says_whether_it_is_on_the_recorded_machine(lite0, tmp_path, capsys):
     """Same machine and build: pixel-identical, and said so; a record from other kernels or another torch is told
     apart by name; an old record without a machine entry says it cannot tell."""
-    from vital.record import RunRecord
-    from vital.rerun import reproducibility
+    from vital.outputs.record import RunRecord
+    from vital.run.repeat import reproducibility
 
     first = vital.visualize(lite0, vital.Class(282), photo_references(282, n=2), steps=1, progress=False)
     first.save(tmp_path / "run")

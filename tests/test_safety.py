@@ -174,7 +174,7 @@ def test_a_batch_is_locked_like_a_run(tmp_path, capsys):
     out = tmp_path / "job"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from vital.folders import FolderLock
+        from vital.outputs.claim import FolderLock
         with FolderLock({str(out)!r}):
             print("held", flush=True)
             time.sleep(60)
@@ -269,7 +269,7 @@ def test_a_wordnet_folder_is_read_by_id(wordnet, tmp_path, capsys):
     assert Path(from_class_folder(wordnet, "n07920052", n=2).source).name == "n07920052"
     with pytest.raises(VitalError, match=r"class 1 \(n01443537\) has no folder: out of range of the 2 class folders"):
         from_class_folder(wordnet, 1)
-    from vital.references.spec import ReferenceSpec
+    from vital.references.refs_rule import ReferenceSpec
 
     sets = ReferenceSpec.from_flag(str(wordnet), n=2).resolve([Class(967), Class(282)])
     assert [Path(s.source).name for s in sets] == ["n07920052", "n02123159"]

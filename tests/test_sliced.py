@@ -20,7 +20,7 @@ from vital.objectives.sliced import SlicedAlignment, random_directions, sliced_l
 from vital.params.fourier import FourierParam
 from vital.references.images import from_images
 from vital.relevance.readout import Readout
-from vital.transforms import affine_scale_rotate, scale_rotate
+from vital.run.transforms import affine_scale_rotate, scale_rotate
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_recipe_adds_sliced_term_on_the_alignments_features(resnet, refs):
     rec = build_recipe("vital", resnet, targets, [refs, refs], RunOptions(steps=1, seed=5),
                        VitalOptions(sliced=2.0, projections=6, relevance="none"))
     obj = rec.objective.terms[1]
-    assert isinstance(obj, SlicedAlignment) and rec.record["sliced"] == 2.0 and rec.record["projections"] == 6
+    assert isinstance(obj, SlicedAlignment) and rec.resolved["sliced"] == 2.0 and rec.resolved["projections"] == 6
     obj.prepare(1)
     x = torch.randn(2, 3, 64, 64)
     with rec:
@@ -96,7 +96,7 @@ def test_activation_term_beside_alignment(resnet, refs):
     rec = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(activation=3.0,
                                                                                               relevance="none"))
     state = rec.objective.state()["terms"]
-    assert state[-1]["name"] == "alignment" and state[-1]["activation"] == 3.0 and rec.record["activation"] == 3.0
+    assert state[-1]["name"] == "alignment" and state[-1]["activation"] == 3.0 and rec.resolved["activation"] == 3.0
     base = build_recipe("vital", resnet, targets, [refs], RunOptions(steps=1), VitalOptions(relevance="none",
                                                                                                activation=0.0))
     x = torch.randn(1, 3, 64, 64)
@@ -152,7 +152,7 @@ def test_options_validated_and_defaults(resnet, refs):
         with pytest.raises(VitalError):
             VitalOptions(**bad)
     rec = build_recipe("vital", resnet, [vital.Channel("layer3.1", 4)], [refs], RunOptions(steps=1), VitalOptions())
-    assert (rec.record["activation"], rec.record["sliced"], rec.record["augment"]) == (1.0, 0.0, "none")
+    assert (rec.resolved["activation"], rec.resolved["sliced"], rec.resolved["augment"]) == (1.0, 0.0, "none")
     assert rec.objective.terms[1].activation == 1.0
     assert rec.augment is None and type(rec.objective.terms[1]).__name__ == "Alignment"
     with pytest.raises(VitalError, match="apply to channel targets"):
@@ -180,7 +180,7 @@ def test_robust_recipe_runs(resnet, refs):
 def test_classes_take_the_fourier_image_by_default(resnet, refs):
     for opts in (VitalOptions(), VitalOptions(param="fourier")):
         rec = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), opts)
-        assert isinstance(rec.param, FourierParam) and rec.record["param"] == "fourier"
+        assert isinstance(rec.param, FourierParam) and rec.resolved["param"] == "fourier"
         assert rec.settings.lr == 0.05
     pix = build_recipe("vital", resnet, [vital.Class(1)], [refs], RunOptions(steps=1), VitalOptions(param="pixel"))
-    assert not isinstance(pix.param, FourierParam) and pix.record["param"] == "pixel" and pix.settings.lr == 1.0
+    assert not isinstance(pix.param, FourierParam) and pix.resolved["param"] == "pixel" and pix.settings.lr == 1.0

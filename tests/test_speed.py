@@ -8,10 +8,10 @@ from conftest import noise_folder, tiny_sequential
 from torch import nn
 
 import vital
-from vital import speed
 from vital.errors import VitalError
 from vital.models import load_model
-from vital.speed import SpeedOptions
+from vital.run import speed
+from vital.run.speed import SpeedOptions
 
 
 def _tiny():

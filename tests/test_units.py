@@ -18,7 +18,7 @@ from vital.layout import Layout
 from vital.models import load_model
 from vital.objectives.diversity import gram_similarity
 from vital.references.mining import mine
-from vital.references.spec import ReferenceSpec
+from vital.references.refs_rule import ReferenceSpec
 from vital.relevance import RelevanceEngine
 from vital.relevance import readout as ro
 from vital.relevance.modified_gradient import ModifiedGradientRelevance
@@ -136,8 +136,8 @@ def test_gram_similarity_by_hand():
 
 
 def test_copies_with_diversity_are_saved_apart_and_rerun(net, photos, tmp_path):
+    from vital.outputs.record import RunRecord
     from vital.references.images import from_folder
-    from vital.rerun import run_arguments
 
     refs = from_folder(photos, n=3)
     res = vital.visualize(net, Channel("3", 1), refs, steps=3, warmup=1, copies=2, diversity=0.5, progress=False)
@@ -147,7 +147,8 @@ def test_copies_with_diversity_are_saved_apart_and_rerun(net, photos, tmp_path):
     rec = json.loads((tmp_path / "run" / "record.json").read_text())
     assert len(rec["targets"]) == 1 and rec["options"]["copies"] == 2 and rec["options"]["diversity"] == 0.5
     assert any(t["name"] == "diversity" for t in rec["objective"]["terms"])
-    again = vital.visualize(net, Channel("3", 1), from_folder(photos, n=3), progress=False, **run_arguments(rec))
+    again = vital.visualize(net, Channel("3", 1), from_folder(photos, n=3), progress=False,
+                            **RunRecord.from_json(rec).run_arguments())
     assert torch.equal(again.images, res.images)  # the record's options give the same two images
     with pytest.raises(VitalError, match="copies >= 2"):
         vital.visualize(net, Channel("3", 1), refs, steps=1, diversity=0.5, progress=False)

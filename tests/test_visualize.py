@@ -56,20 +56,21 @@ def test_rerun_from_record_options_is_identical(tiny_model):
     """Every option of a run, each away from its default, goes through the JSON record and `vital.rerun`'s
     arguments unchanged, and gives the same image."""
     from vital.methods import RunOptions, get_method, option_names
-    from vital.rerun import run_arguments
+    from vital.outputs.record import RunRecord
 
     refs = _refs(0, 0)
     given = dict(steps=4, setting=2, seed=4, tv_l2=0.01, tv_l1=0.001, l2=0.002, jitter=3, flip=True, lr=0.3,
                  warmup=2, layers=["stem", "stage1.1"], layer_weights=[0.5, 2.0], feat_dist=0.5,
                  relevance="guided-backprop", mask="multiply", target_weight=0.5, unweighted=0.25, param="pixel",
                  copies=2, diversity=0.1, diversity_layer="stage1.1", activation=0.5, sliced=0.5, projections=5,
-                 augment="scale-rotate")
+                 augment="scale-rotate", relevance_rules={"Conv2d": "z+"})  # the default rules as a map: guided
+    # backprop refuses any other
     assert set(given) == set(option_names("vital")) - {"progress"}  # a new option must be added here
     defaults = {**vars(RunOptions()), **vars(get_method("vital").options())}
     assert all(given[k] != defaults[k] for k in given)
     target = vital.Channel("stage2", 3)
     a = vital.visualize(tiny_model, target, refs, method="vital", progress=False, **given)
-    args = run_arguments(json.loads(json.dumps(a.record)))
+    args = RunRecord.from_json(json.loads(json.dumps(a.record))).run_arguments()
     assert args == {"method": "vital", **given}
     b = vital.visualize(tiny_model, target, refs, progress=False, **args)
     assert torch.equal(a.images, b.images)

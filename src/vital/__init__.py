@@ -1,14 +1,14 @@
 """vital: feature visualization by distribution alignment (VITAL, ICCV 2025), with baselines, metrics and a gallery."""
 
-from vital import references  # noqa: E402
+from vital import references
 from vital._version import __version__ as __version__  # from the installed metadata
-from vital.errors import VitalError  # noqa: E402
-from vital.evaluate import evaluate  # noqa: E402  (use `from vital.evaluate.fid import fid` for submodules)
-from vital.models import load_model  # noqa: E402
-from vital.references.mining import MiningStore, mine  # noqa: E402
-from vital.rerun import rerun  # noqa: E402
-from vital.targets import Channel, Class, Direction  # noqa: E402
-from vital.visualize import Result, visualize  # noqa: E402
+from vital.errors import VitalError
+from vital.metrics.evaluation import evaluate  # the metrics themselves: vital.metrics.fid, .kid, .clip, ...
+from vital.models import load_model
+from vital.references.mining import MiningStore, mine
+from vital.run.execute import Result, visualize
+from vital.run.repeat import rerun
+from vital.targets import Channel, Class, Direction
 
 __all__ = ["Channel", "Class", "Direction", "MiningStore", "Result", "VitalError", "evaluate", "load_model", "mine",
            "references", "rerun", "visualize"]

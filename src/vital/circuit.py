@@ -21,10 +21,10 @@ from markupsafe import Markup
 
 from vital.errors import VitalError
 from vital.features import LayoutProbe, upstream_of
-from vital.fields import Fields
-from vital.io import write_json
 from vital.layout import to_positions
 from vital.models.zoo import VisionModel
+from vital.outputs.fields import Fields
+from vital.outputs.io import write_json
 from vital.references.images import ReferenceSet
 
 FORMAT = "vital-circuit/1"
@@ -153,7 +153,7 @@ def svg(data: dict | Circuit, link: dict[tuple[str, int], str] | None = None, wi
     """The circuit as an SVG graph: the target on the right, each upstream layer a column to its left (nearest
     first), an edge per recorded share, its width and opacity by the share. `link` maps (layer, channel) to a page
     for clickable nodes. Rendered through a template: every name in it is escaped."""
-    from vital.pages import render
+    from vital.pages.render import render
 
     c = data if isinstance(data, Circuit) else Circuit.from_json(data)
     cols = len(c.layers) + 1

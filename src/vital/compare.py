@@ -2,7 +2,7 @@
 
 Each method runs its targets as one batch when it can (DeepInversion's BatchNorm statistics couple the samples of a
 batch, so it runs one target at a time), each into its own run folder; then `vital.evaluate` scores all images and
-`vital.report` writes the side-by-side gallery.
+`vital.pages.report` writes the side-by-side gallery.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from vital.confine import relative_name
-from vital.evaluate import EvalTable, Visual, evaluate
-from vital.folders import ensure_writable
+from vital.metrics.evaluation import EvalTable, Visual, evaluate
 from vital.models.zoo import VisionModel
-from vital.record import RunRecord
+from vital.outputs.claim import ensure_writable
+from vital.outputs.confine import relative_name
+from vital.outputs.record import RunRecord
+from vital.pages.report import gallery_from_runs, write_gallery
 from vital.references.images import ReferenceSet
-from vital.report import gallery_from_runs, write_gallery
+from vital.run.execute import visualize
 from vital.targets import Class
-from vital.visualize import visualize
 
 UNBATCHED = {"deepinversion"}  # methods whose loss couples the samples of a batch
 
@@ -55,16 +55,16 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
     for d in run_dirs:
         rec = RunRecord.read(d)
         for o in rec.outputs:
-            t = rec.target_of(o)
-            if t.kind == "class":
+            t = rec.target_of(o).target
+            if isinstance(t, Class):
                 alpha = _output(d, o.transparency, rec) if o.transparency else None
-                out.append(Visual(_output(d, o.image, rec), t.fields["index"], rec.method, rec.model.name, alpha,
+                out.append(Visual(_output(d, o.image, rec), t.index, rec.method, rec.model.name, alpha,
                                   o.label))
     return out
 
 
 def _output(run_dir: str | os.PathLike, name: str, rec: RunRecord) -> Path:
-    """A file a run record names, inside its run folder (`vital.confine`)."""
+    """A file a run record names, inside its run folder (`vital.outputs.confine`)."""
     return Path(run_dir) / relative_name(name, rec.path or run_dir, "output")
 
 

@@ -17,14 +17,14 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 from vital import validate
-from vital.evaluate.neuron import activation_ratio, naturalness_ratio
-from vital.folders import ensure_writable
+from vital.metrics.neuron import activation_ratio, naturalness_ratio
 from vital.models import load_model
-from vital.record import RECORD
+from vital.outputs.claim import ensure_writable
+from vital.outputs.record import RECORD
 from vital.references.mining import mine
 from vital.references.photos import corpus_source, photo_corpus, photo_references
+from vital.run.execute import visualize
 from vital.targets import Channel, Class
-from vital.visualize import visualize
 
 DEMO_CLASSES = (282, 967)  # tiger cat (chelsea.png), espresso (coffee.png)
 DEMO_STEPS = 1000

@@ -1,7 +1,7 @@
-"""Command line: vital class | neuron | circuit | mine | compare | eval | report | atlas | rerun | batch | demo |
-models | layers. One module per command, each with `add(sub)` (its parser) and the function it runs.
+"""The command line: one module per command, each with `add(sub)` (its parser) and the function it runs."""
 
-Every user error (a `VitalError`) is printed as one line starting with "error:" and exits with status 2."""
+# Commands: vital class | neuron | circuit | mine | compare | eval | report | atlas | rerun | batch | demo | models |
+# layers. Every user error (a `VitalError`) is printed as one line starting with "error:" and exits with status 2.
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _one_line
     try:
         if getattr(args, "out", None) is not None:
-            from vital.folders import out_path
+            from vital.outputs.claim import out_path
 
             out_path(args.out)  # an empty or over-long name is refused before anything runs
         return args.func(args)

@@ -19,8 +19,8 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.atlas import build_atlas
-    from vital.folders import RunFolder
+    from vital.outputs.claim import RunFolder
+    from vital.pages.atlas import build_atlas
 
     with RunFolder(a.out, kind=NAME, in_place=True) as folder:  # its own folder is updated where it stands
         index = folder.commit(lambda out: build_atlas(out, a.sources, progress=not a.quiet, kid=a.kid))

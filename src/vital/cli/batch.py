@@ -8,7 +8,7 @@ from typing import Any
 
 from vital.cli.options import add_option_flags, given
 from vital.errors import VitalError
-from vital.references.spec import ReferenceSpec
+from vital.references.refs_rule import ReferenceSpec
 
 NAME = "batch"
 TOP_LEVEL = frozenset({"steps", "setting", "seed"})  # job-level keys; every other option goes to [options]
@@ -99,8 +99,8 @@ def job_dict(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import FolderLock
     from vital.jobs.spec import Job, job_from_dict, preflight
+    from vital.outputs.claim import FolderLock
 
     if a.retries < 0:
         raise VitalError(f"--retries must be at least 0, got {a.retries}")

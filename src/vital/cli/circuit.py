@@ -51,8 +51,8 @@ class _Refs:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
     from vital.models import load_model
+    from vital.outputs.claim import RunFolder
     from vital.targets import Channel
     from vital.validate import targets_fit
 
@@ -69,8 +69,8 @@ def run(a: argparse.Namespace) -> int:
 def _write(a: argparse.Namespace, model, refs_for: _Refs, options: dict, out: Path, final: Path) -> None:
     """The circuit's files into `out` (a temporary folder renamed to `final` once complete)."""
     from vital.circuit import circuit, svg
+    from vital.run.execute import visualize
     from vital.targets import Channel, safe_name
-    from vital.visualize import visualize
 
     found = circuit(model, a.layer, a.channel, refs_for(a.layer, a.channel), options.get("layers"), a.depth, a.top,
                     options.get("relevance") or "lrp")

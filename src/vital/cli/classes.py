@@ -27,10 +27,10 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
     from vital.models import load_model
+    from vital.outputs.claim import RunFolder
+    from vital.run.execute import visualize
     from vital.targets import Class, parse_range
-    from vital.visualize import visualize
 
     classes = once([k for spec in a.classes for k in parse_range(spec)], "class")
     options = check(a)

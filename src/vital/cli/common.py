@@ -33,8 +33,8 @@ def add_run(p: argparse.ArgumentParser) -> None:
 
 
 def refs(a: argparse.Namespace, targets: list, classes: bool) -> list:
-    """One reference set per target, by the shared --refs rule (vital.references.spec)."""
-    from vital.references.spec import ReferenceSpec
+    """One reference set per target, by the shared --refs rule (vital.references.refs_rule)."""
+    from vital.references.refs_rule import ReferenceSpec
 
     kind = getattr(a, "ref_kind", None)
     spec = ReferenceSpec.from_flag(a.refs, getattr(a, "refs_flat", False), classes, a.n, kind or "patches")

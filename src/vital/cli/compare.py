@@ -32,9 +32,9 @@ def run(a: argparse.Namespace) -> int:
     claim: a foreign folder is refused, an earlier comparison is moved aside and removed only once this one is
     complete (restored if it fails)."""
     from vital.compare import compare
-    from vital.evaluate.clip import check_weights_file
-    from vital.folders import RunFolder
+    from vital.metrics.clip import check_weights_file
     from vital.models import load_model
+    from vital.outputs.claim import RunFolder
     from vital.targets import Class, parse_names, parse_range
 
     classes = parse_range(a.classes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vital.cli.common import add_out, device, refs
 from vital.errors import VitalError
-from vital.record import RECORD
+from vital.outputs.record import RECORD
 
 NAME = "eval"
 
@@ -44,15 +44,15 @@ def _runs(a: argparse.Namespace) -> tuple[list[Path], list]:
         raise VitalError("--fid compares with real images of each class: pass them with --refs (a class folder, a "
                          "folder of one class's images, or offline)")
     if a.clip_weights:
-        from vital.evaluate.clip import check_weights_file
+        from vital.metrics.clip import check_weights_file
 
         check_weights_file(a.clip_weights)
     return runs, visuals
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
     from vital.models import load_model
+    from vital.outputs.claim import RunFolder
 
     runs, visuals = _runs(a)
     dev = device(a)
@@ -68,9 +68,9 @@ def run(a: argparse.Namespace) -> int:
 def _write(a: argparse.Namespace, runs: list[Path], visuals: list, model, real, dev, out: Path, final: Path):
     """Table, metrics and gallery into `out` (renamed to `final` when complete); the run folders are only read."""
     from vital.compare import run_metrics, write_table
-    from vital.evaluate import evaluate
-    from vital.io import write_json
-    from vital.report import gallery_from_runs, write_gallery
+    from vital.metrics.evaluation import evaluate
+    from vital.outputs.io import write_json
+    from vital.pages.report import gallery_from_runs, write_gallery
     from vital.targets import parse_names
 
     table = evaluate(visuals, model, classifiers=parse_names(a.judges), real_images=real, fid=a.fid,

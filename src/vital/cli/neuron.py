@@ -60,9 +60,9 @@ def check_targets(model, targets: list, refs_path: str) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
     from vital.models import load_model
-    from vital.visualize import visualize
+    from vital.outputs.claim import RunFolder
+    from vital.run.execute import visualize
 
     targets = targets_of(a)
     options = check(a)

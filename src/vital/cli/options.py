@@ -1,6 +1,7 @@
 """The optimisation flags, generated from the option dataclasses (`RunOptions` and each registered method's own,
 e.g. `VitalOptions`), so a new option appears on the command line, is checked and reaches `visualize` without
-being listed again here. Only the help texts (and the few choices argparse should show) are written by hand."""
+being listed again here. Only the help texts (and the few choices argparse should show) are written by hand; a method option's default is
+added to its help from the method's own declaration (`vital.methods.option_defaults`), never written here."""
 
 from __future__ import annotations
 
@@ -25,22 +26,25 @@ HELP: dict[str, str] = {
     "diversity": "weight of the diversity term among a target's copies (lucent's; e.g. 0.5 with --copies 3)",
     "layers": "matched layers, comma-separated (default: preset)",
     "layer_weights": "one weight per matched layer, comma-separated",
-    "feat_dist": "a factor on every layer weight (default 1)",
-    "relevance": "channels: relevance of the target that weights the alignment: lrp (default), lrp-restricted, "
+    "feat_dist": "a factor on every layer weight",
+    "relevance": "channels: relevance of the target that weights the alignment: lrp, lrp-restricted, "
                  "guided-backprop or none",
-    "mask": "channels: reference: align to the references' relevance-weighted distributions (default); "
+    "mask": "channels: reference: align to the references' relevance-weighted distributions; "
             "multiply: the authors' per-step masks of the image's features",
-    "target_weight": "channels: weight of matching the target channel's own distribution (default 0)",
-    "unweighted": "channels: weight of plain alignment beside the relevance-weighted one (default 1)",
-    "param": "image parameterization: fourier (default, the decorrelated spectrum) or pixel (the paper's)",
-    "activation": "channels: weight of the target unit's mean activation, maximised beside the alignment "
-                  "(default 1; 0: the alignment alone, as the paper)",
-    "sliced": "channels: weight of sliced-Wasserstein alignment along random channel directions (default 0)",
+    "target_weight": "channels: weight of matching the target channel's own distribution",
+    "unweighted": "channels: weight of plain alignment beside the relevance-weighted one",
+    "param": "image parameterization: fourier, the decorrelated spectrum, or pixel, the paper's image",
+    "activation": "channels: weight of the target unit's mean activation, maximised beside the alignment; "
+                  "0 is the alignment alone, as the paper",
+    "sliced": "channels: weight of sliced-Wasserstein alignment along random channel directions",
     "projections": "channels: number of those directions (default: one per channel)",
-    "augment": "channels: none (default) or scale-rotate (random scaling and rotation of every step's image)",
+    "augment": "channels: none or scale-rotate (random scaling and rotation of every step's image)",
+    "relevance_rules": "channels: the rule chain's LRP rule per layer type, a preset: zplus (z+ for Conv2d and "
+                       "Linear, the paper's), epsilon-plus (z+ for Conv2d, epsilon for Linear, as zennit's "
+                       "EpsilonPlus) or epsilon (epsilon for both); Python also takes a {type: rule} map",
     "magnitude": "maco: a magnitude spectrum file (default: the references' mean amplitude spectrum)",
-    "crops": "maco: random crops per image and step (default 4)",
-    "bn_weight": "deepinversion: weight of the BatchNorm statistics term (default 0.01)",
+    "crops": "maco: random crops per image and step",
+    "bn_weight": "deepinversion: weight of the BatchNorm statistics term",
 }
 
 
@@ -81,17 +85,45 @@ def _kind(f: Field) -> dict[str, Any]:
     return {"type": str}
 
 
+def default_note(method: str, name: str) -> str:
+    """A method option's default as its help states it: "default 1", or "default: classes X, channels Y" where the
+    two kinds of target differ; "" when the option has no fixed default (the preset's layers, say)."""
+    from vital.methods import option_defaults
+    from vital.methods.history import shown
+
+    by_group = {g: d.get(name) for g, d in option_defaults(method).items()}
+    values = {v for v in by_group.values() if v is not None}
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"default {shown(values.pop())}"
+    return "default: " + ", ".join(f"{g}es {shown(v)}" if g == "class" else f"{g}s {shown(v)}"
+                                   for g, v in by_group.items() if v is not None)
+
+
+def help_text(method: str | None, name: str) -> str | None:
+    """The help of option `name`: the hand-written text, and the default `method` declares for it."""
+    text, note = HELP.get(name), default_note(method, name) if method else ""
+    return f"{text} ({note})" if text and note else text or note or None
+
+
 def option_fields() -> list[tuple[str, list[Field]]]:
     """(group title, fields) for the loop's options and each registered method's own, each field once."""
     from vital.methods import METHODS, RunOptions
 
-    groups = [("optimisation", [f for f in fields(RunOptions) if f.name not in HIDDEN])]
-    seen = {f.name for f in fields(RunOptions)}
-    for name, method in sorted(METHODS.items(), key=lambda kv: kv[0] != "vital"):
+    return [(title, group_fields) for title, _, group_fields in _groups(METHODS, RunOptions)]
+
+
+def _groups(methods: dict, run_options: type) -> list[tuple[str, str | None, list[Field]]]:
+    """(title, the method that owns the fields or None for the loop's, fields), each field once."""
+    groups: list[tuple[str, str | None, list[Field]]] = [
+        ("optimisation", None, [f for f in fields(run_options) if f.name not in HIDDEN])]
+    seen = {f.name for f in fields(run_options)}
+    for name, method in sorted(methods.items(), key=lambda kv: kv[0] != "vital"):
         own = [f for f in fields(method.options) if f.name not in seen]
         seen |= {f.name for f in own}
         if own:
-            groups.append((f"{name} options", own))
+            groups.append((f"{name} options", name, own))
     return groups
 
 
@@ -99,13 +131,15 @@ def add_option_flags(p: argparse.ArgumentParser, method_default: str | None = "v
                      skip: frozenset[str] = frozenset()) -> None:
     """--method and one flag per option field (but those in `skip`); every default is None ("the method's
     default")."""
+    from vital.methods import METHODS, RunOptions
+
     p.add_argument("--method", default=method_default, help="vital (default), maco, fourier, pixel, deepinversion")
-    for title, group_fields in option_fields():
+    for title, owner, group_fields in _groups(METHODS, RunOptions):
         g = p.add_argument_group(title)
         for f in group_fields:
             if f.name in skip:
                 continue
-            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=HELP.get(f.name),
+            g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=help_text(owner, f.name),
                            **_kind(f))
 
 

@@ -18,8 +18,8 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
-    from vital.report import gallery_from_runs, write_gallery
+    from vital.outputs.claim import RunFolder
+    from vital.pages.report import gallery_from_runs, write_gallery
 
     rows = gallery_from_runs([Path(d) for d in a.runs])  # every record read (and checked) before the claim
     with RunFolder(a.out, a.overwrite, kind=NAME) as folder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vital.cli.common import print_outputs
-from vital.record import RECORD
+from vital.outputs.record import RECORD
 
 NAME = "rerun"
 
@@ -22,9 +22,9 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from vital.folders import RunFolder
-    from vital.record import RunRecord
-    from vital.rerun import reproducibility, rerun
+    from vital.outputs.claim import RunFolder
+    from vital.outputs.record import RunRecord
+    from vital.run.repeat import reproducibility, rerun
 
     record = RunRecord.read(a.record)
     with RunFolder(a.out, a.overwrite):

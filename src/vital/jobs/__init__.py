@@ -1,5 +1,4 @@
-"""Batch jobs: thousands of targets in memory-sized, resumable batches, in this process or as Ray tasks, and
-mining in shards merged into one store. `vital batch` on the command line (`vital.cli.batch`)."""
+"""Batch jobs (`vital batch`): many targets in memory-sized, resumable batches, here or on Ray; sharded mining."""
 
 from vital.jobs.mining_job import run_mining
 from vital.jobs.runner import plan, run_job

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.jobs.layout import BatchLayout
+from vital.jobs.job_folder import BatchLayout
 from vital.jobs.runner import make_pool
 from vital.jobs.spec import MineJob
 from vital.references.images import list_images

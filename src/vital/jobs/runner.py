@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vital.errors import VitalError
-from vital.jobs.layout import BatchLayout
+from vital.jobs.job_folder import BatchLayout
 from vital.jobs.spec import Job
 from vital.jobs.work import TargetFiles, Worker
 from vital.methods import get_method

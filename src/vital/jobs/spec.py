@@ -18,8 +18,8 @@ from vital import validate
 from vital.errors import VitalError, closest
 from vital.methods import RunOptions, option_names, split_options
 from vital.models.zoo import VisionModel, load_model
-from vital.references.spec import ReferenceSpec
-from vital.speed import SpeedOptions
+from vital.references.refs_rule import ReferenceSpec
+from vital.run.speed import SpeedOptions
 from vital.targets import Channel, Class, Target, parse_names, parse_range
 
 if sys.version_info >= (3, 11):

@@ -20,9 +20,9 @@ import torch
 from vital.jobs.spec import Job, MineJob, ModelSpec
 from vital.models.zoo import VisionModel, resolve_device
 from vital.references.images import ReferenceSet
-from vital.speed import Acceleration, SpeedOptions, accelerate, autocast
+from vital.run.execute import visualize
+from vital.run.speed import Acceleration, SpeedOptions, accelerate, autocast
 from vital.targets import Target
-from vital.visualize import visualize
 
 CPU_BATCH = 4
 HEADROOM = 0.85

@@ -9,8 +9,12 @@ from vital.methods.base import (
     RunOptions,
     build_recipe,
     get_method,
+    option_defaults,
     option_names,
+    pin_changed_defaults,
     split_options,
+    upgrade_options,
 )
 
-__all__ = ["METHODS", "Method", "Recipe", "RunOptions", "build_recipe", "get_method", "option_names", "split_options"]
+__all__ = ["METHODS", "Method", "Recipe", "RunOptions", "build_recipe", "get_method", "option_defaults", "option_names",
+           "pin_changed_defaults", "split_options", "upgrade_options"]

@@ -8,22 +8,23 @@ that lists the valid ones. None always means "the method's or the preset's defau
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from vital import validate
 from vital.errors import VitalError, closest
+from vital.methods.history import GROUPS, OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.base import Term
 from vital.objectives.priors import Priors
-from vital.optimize import LoopSettings, setting
 from vital.params.base import Parameterization
 from vital.params.pixel import PixelParam
 from vital.references.images import ReferenceSet
+from vital.run.loop import LoopSettings, setting
+from vital.run.transforms import Augment
 from vital.targets import Target
-from vital.transforms import Augment
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Recipe:
     objective: Term
     settings: LoopSettings
     augment: Augment | None = None
-    record: dict = field(default_factory=dict)  # method-specific facts for the run record
+    resolved: dict = field(default_factory=dict)  # what the method resolved (its defaults): the record's "recipe"
 
     def __enter__(self) -> Recipe:
         self.objective.__enter__()
@@ -86,6 +87,9 @@ class Recipe:
 RecipeBuilder = Callable[[VisionModel, Sequence[Target], Sequence[ReferenceSet | None], RunOptions, Any], Recipe]
 
 
+NO_HISTORY = OptionHistory()  # a method whose defaults never changed
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered recipe. `couples_batch`: its loss mixes the samples of a batch (a batch statistic), so each
@@ -95,6 +99,7 @@ class Method:
     build: RecipeBuilder
     options: type
     couples_batch: bool = False
+    history: OptionHistory = NO_HISTORY
 
 
 METHODS: dict[str, Method] = {}
@@ -105,10 +110,10 @@ class NoOptions:
     """A method without options of its own."""
 
 
-def register(name: str, options: type = NoOptions, couples_batch: bool = False
-             ) -> Callable[[RecipeBuilder], RecipeBuilder]:
+def register(name: str, options: type = NoOptions, couples_batch: bool = False,
+             history: OptionHistory = NO_HISTORY) -> Callable[[RecipeBuilder], RecipeBuilder]:
     def deco(fn: RecipeBuilder) -> RecipeBuilder:
-        METHODS[name] = Method(name, fn, options, couples_batch)
+        METHODS[name] = Method(name, fn, options, couples_batch, history)
         return fn
 
     return deco
@@ -123,6 +128,29 @@ def get_method(name: str) -> Method:
 def option_names(method: str) -> list[str]:
     """Every option `visualize(..., method=method)` accepts besides model, targets and references."""
     return sorted([f.name for f in fields(RunOptions)] + [f.name for f in fields(get_method(method).options)])
+
+
+def option_defaults(method: str) -> dict[str, dict[str, Any]]:
+    """{group: {option: default}} of a method's own options, for a run of classes and of channels: the declared
+    defaults (`OptionHistory.defaults`), else the field's own when it has one; an option without either (the
+    preset's layers, say) is left out."""
+    spec = get_method(method)
+    own = {f.name: f.default for f in fields(spec.options) if f.default is not None and f.default is not MISSING}
+    return {g: {**own, **spec.history.defaults.get(g, {})} for g in GROUPS}
+
+
+def upgrade_options(method: str, kinds: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's options as today's `visualize` takes them (see `OptionHistory.upgrade`); a method that is
+    not registered keeps them as they are."""
+    spec = METHODS.get(method)
+    return spec.history.upgrade(option_names(method), kinds, options) if spec else dict(options)
+
+
+def pin_changed_defaults(method: str, kinds: Sequence[str], options: dict[str, Any],
+                         recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run's options with the defaults that changed since pinned (see `OptionHistory.pin`)."""
+    spec = METHODS.get(method)
+    return spec.history.pin(kinds, options, recipe) if spec else dict(options)
 
 
 def split_options(method: str, options: dict[str, Any]) -> tuple[dict[str, Any], Any]:

@@ -27,6 +27,7 @@ from vital.methods.base import (
     register,
     seed_generator,
 )
+from vital.methods.history import OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.activation import Activation
 from vital.objectives.base import Sum
@@ -34,8 +35,8 @@ from vital.objectives.batchnorm import BatchNormStats
 from vital.params.fourier import FourierParam
 from vital.params.maco import MacoParam, load_magnitude, maco_magnitude_from_images
 from vital.references.images import ReferenceSet
+from vital.run.transforms import crops_with_noise, random_scale
 from vital.targets import Class, Target
-from vital.transforms import crops_with_noise, random_scale
 
 
 @register("pixel")
@@ -52,7 +53,7 @@ def build_fourier(model: VisionModel, targets: Sequence[Target], references: Seq
     lo, hi = model.pixel_bounds()
     param = FourierParam(len(targets), model.size, lo, hi, generator=seed_generator(run))
     return Recipe(param, priors + Activation(model, targets), settings, augment=random_scale,
-                  record={"augment": "jitter + random scale 0.9-1.1"})
+                  resolved={"augment": "jitter + random scale 0.9-1.1"})
 
 
 MACO_CROPS = 4
@@ -74,7 +75,8 @@ class MacoOptions:
             raise VitalError(f"magnitude must be a file path, got {self.magnitude!r}")
 
 
-@register("maco", MacoOptions)
+@register("maco", MacoOptions,
+          history=OptionHistory(legacy_extra={"maco_magnitude": "magnitude", "maco_crops": "crops"}))
 def build_maco(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                run: RunOptions, opts: MacoOptions) -> Recipe:
     canvas = 2 * model.size
@@ -97,7 +99,7 @@ def build_maco(model: VisionModel, targets: Sequence[Target], references: Sequen
         return crops_with_noise(x, gen, n_crops, model.size, crop_scale=MACO_CROP_SCALE, noise=noise)
 
     return Recipe(param, priors + Activation(model, targets), settings, augment=crops,
-                  record={"canvas": canvas, "crops": n_crops, "crop_scale": MACO_CROP_SCALE, "noise": MACO_NOISE,
+                  resolved={"canvas": canvas, "crops": n_crops, "crop_scale": MACO_CROP_SCALE, "noise": MACO_NOISE,
                           "magnitude": opts.magnitude or "mean amplitude spectrum of the references"})
 
 
@@ -115,7 +117,8 @@ class DeepInversionOptions:
         validate.number("bn_weight", self.bn_weight, low=0, optional=False)
 
 
-@register("deepinversion", DeepInversionOptions, couples_batch=True)
+@register("deepinversion", DeepInversionOptions, couples_batch=True,
+          history=OptionHistory(legacy_extra={"bn_weight": "bn_weight"}))
 def build_deepinversion(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
                         run: RunOptions, opts: DeepInversionOptions) -> Recipe:
     if not all(isinstance(t, Class) for t in targets):
@@ -126,4 +129,4 @@ def build_deepinversion(model: VisionModel, targets: Sequence[Target], reference
     param = pixel_param(model, len(targets), run, clip)
     # the statistics term is added to the class term before the priors, as DeepInversion sums them
     objective = Sum([priors, Sum([Activation(model, targets, cross_entropy=True), bn])])
-    return Recipe(param, objective, settings, record={"bn_weight": float(opts.bn_weight)})
+    return Recipe(param, objective, settings, resolved={"bn_weight": float(opts.bn_weight)})

@@ -10,7 +10,7 @@ measured ones of bench/quality_neuron.py on photos the optimisation never saw (s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,17 +28,18 @@ from vital.methods.base import (
     register,
     seed_generator,
 )
+from vital.methods.history import OptionHistory
 from vital.models.zoo import VisionModel
 from vital.objectives.alignment import MASK_RULES, RELEVANCE_METHODS, Alignment
-from vital.objectives.base import Term
 from vital.objectives.sliced import SlicedAlignment
 from vital.params.base import Parameterization
 from vital.params.fourier import FourierParam
 from vital.references.images import ReferenceSet
 from vital.relevance import readout
 from vital.relevance.readout import Readout
+from vital.relevance.rule_maps import DEFAULT_PRESET, resolve_rules
+from vital.run.transforms import scale_rotate
 from vital.targets import Channel, Class, Direction, Target
-from vital.transforms import scale_rotate
 
 PARAMS = ("pixel", "fourier")
 AUGMENTS = ("none", "scale-rotate")
@@ -48,15 +49,25 @@ AUGMENTS = ("none", "scale-rotate")
 class VitalOptions:
     """VITAL's own options; None means the default for the kind of target (class or channel).
 
-    layers / layer_weights: matched layers and their weights (default: the preset's). feat_dist: a factor on every
-    layer weight. Channels only: relevance (lrp, lrp-restricted, guided-backprop, none), mask (reference,
-    multiply), target_weight (the target channel's own distribution), unweighted (a share of plain alignment beside
-    the relevance-weighted one), activation (weight of the target's mean activation, maximised beside the
-    alignment from the same forward; default 1, 0 is the paper's alignment alone), sliced / projections (weight
-    of sliced-Wasserstein alignment along random channel directions and their number, default one per channel;
-    `vital.objectives.sliced`) and augment (none, scale-rotate: random
-    scaling and rotation of every step's image, `vital.transforms.scale_rotate`). param (pixel, fourier) applies to
-    classes too (both default to fourier; pixel is the paper's image)."""
+    | option | classes | channels | what it sets |
+    |---|---|---|---|
+    | layers | preset | preset | the matched layers |
+    | layer_weights | preset | preset | one weight per matched layer |
+    | feat_dist | 1 | 1 | a factor on every layer weight |
+    | relevance | - | lrp | the target's relevance that weights the alignment: lrp, lrp-restricted, guided-backprop, none |
+    | mask | - | reference | reference: the references' relevance-weighted distributions; multiply: the authors' per-step masks |
+    | target_weight | - | 0 | weight of matching the target channel's own distribution |
+    | unweighted | - | 1 | weight of plain alignment beside the relevance-weighted one |
+    | param | fourier | fourier | fourier (the decorrelated spectrum) or pixel (the paper's image) |
+    | activation | - | 1 | weight of the target's mean activation, from the alignment's forward; 0 is the paper's alignment alone |
+    | sliced | - | 0 | weight of sliced-Wasserstein alignment along random channel directions (`vital.objectives.sliced`) |
+    | projections | - | channels | the number of those directions (default one per channel) |
+    | augment | - | none | none, or scale-rotate: random scaling and rotation of every step's image |
+    | relevance_rules | - | zplus | the rule chain's LRP rule per layer type: a preset (zplus, epsilon-plus, epsilon) or a map |
+
+    "-": the option is refused for classes (a class is aligned with its references as a whole). The defaults are
+    declared once (`HISTORY`); tests/test_option_defaults.py checks this table, the help text and the record
+    against them."""
 
     layers: Sequence[str] | None = None
     layer_weights: Sequence[float] | None = None
@@ -70,6 +81,7 @@ class VitalOptions:
     sliced: float | None = None
     projections: int | None = None
     augment: str | None = None
+    relevance_rules: str | Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         validate.choice("relevance", self.relevance, RELEVANCE_METHODS)
@@ -80,6 +92,8 @@ class VitalOptions:
         validate.number("feat_dist", self.feat_dist, low=0, optional=False)
         validate.choice("augment", self.augment, AUGMENTS)
         validate.integer("projections", self.projections, low=1)
+        if self.relevance_rules is not None:
+            resolve_rules(self.relevance_rules)
         for name in ("target_weight", "unweighted", "activation", "sliced"):
             validate.number(name, getattr(self, name), low=0)
 
@@ -94,7 +108,7 @@ class VitalOptions:
 NEURON_DEFAULTS = {"relevance": "lrp", "mask": "reference", "target_weight": 0.0, "unweighted": 1.0,
                    "param": "fourier", "activation": 1.0}
 # Additions measured on held-out photos (bench/quality_neuron.py); off by default.
-NEURON_EXTRAS = {"sliced": 0.0, "augment": "none"}
+NEURON_EXTRAS = {"sliced": 0.0, "augment": "none", "relevance_rules": DEFAULT_PRESET}
 NEURON_PRIORS = {"tv_l2": 3e-7, "l2": 3e-7}  # the authors' intermediate-neuron defaults
 FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
 # Classes: the decorrelated Fourier image, chosen on nine photos (three that no earlier tuning used): the paper's
@@ -102,6 +116,23 @@ FOURIER_LR = 0.05  # Lucid's Adam step for a spectrum
 # (4/9 against 5/9; bench/quality_class.py, bench/RESULTS.md). `param="pixel"` is the paper's image.
 CLASS_PARAM = "fourier"
 STEM_WEIGHT = 0.1  # as the authors' code: the stem is down-weighted for neurons (w0 = 0.1)
+
+
+def _legacy(options: dict[str, Any], classes: bool) -> dict[str, Any]:
+    """A record from before typed options: its relevance was "lrp" for classes too (unused), and a channel run used
+    the authors' form, the only one there was."""
+    out = dict(options)
+    if classes:
+        out.pop("relevance", None)
+    else:
+        out.update(mask="multiply", target_weight=0.0, unweighted=0.0, param="pixel")
+    return out
+
+
+# The one place VITAL's kind-dependent defaults are declared (the help text and the record follow them; the
+# `VitalOptions` table is checked against them), and the defaults that changed after records were written.
+HISTORY = OptionHistory(defaults={"class": {"param": CLASS_PARAM}, "channel": {**NEURON_DEFAULTS, **NEURON_EXTRAS}},
+                        changed={"class": {"param": "pixel"}, "channel": {"activation": 0.0}}, legacy=_legacy)
 
 
 def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], list[float], dict]:
@@ -122,7 +153,7 @@ def resolve_layers(model: VisionModel, opts: VitalOptions) -> tuple[list[str], l
     return layers, weights, priors
 
 
-@register("vital", VitalOptions)
+@register("vital", VitalOptions, history=HISTORY)
 def build(model: VisionModel, targets: Sequence[Target], references: Sequence[ReferenceSet | None],
           run: RunOptions, opts: VitalOptions) -> Recipe:
     if all(isinstance(t, Channel) for t in targets) or all(isinstance(t, Direction) for t in targets):
@@ -134,7 +165,7 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
         raise VitalError("VITAL needs reference images for every class: pass --refs DIR (ImageNet train layout or "
                          "a folder of images of the class)")
     neuron_only = {k: getattr(opts, k) for k in ("mask", "target_weight", "unweighted", "activation", "sliced",
-                                                 "projections", "augment")}
+                                                 "projections", "augment", "relevance_rules")}
     if opts.relevance not in (None, "none") or any(v is not None for v in neuron_only.values()):
         given = {k: v for k, v in {"relevance": opts.relevance, **neuron_only}.items() if v is not None}
         raise VitalError(f"options {sorted(given)} apply to channel targets; a class is aligned with its "
@@ -146,7 +177,7 @@ def build(model: VisionModel, targets: Sequence[Target], references: Sequence[Re
     check_input_size(model, settings)
     objective = Alignment(model, layers, [float(w) * opts.feat_dist for w in weights], refs)
     param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
-    return Recipe(param, prior_term + objective, settings, record={"param": chosen_param})
+    return Recipe(param, prior_term + objective, settings, resolved={"param": chosen_param})
 
 
 def _fourier(model: VisionModel, batch: int, run: RunOptions) -> FourierParam:
@@ -201,9 +232,9 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     check_input_size(model, settings)
     alignment = dict(channels=units, target_layer=target_layer, relevance=chosen["relevance"], mask=chosen["mask"],
                      target_weight=chosen["target_weight"], unweighted=chosen["unweighted"],
-                     activation=chosen["activation"], chunk=8)
+                     activation=chosen["activation"], relevance_rules=chosen["relevance_rules"], chunk=8)
     layer_w = [float(v) * opts.feat_dist for v in w]
-    objective: Term
+    objective: Alignment
     if chosen["sliced"]:
         objective = SlicedAlignment(model, upstream, layer_w, refs, sliced=chosen["sliced"],
                                     projections=opts.projections, seed=run.seed, **alignment)
@@ -213,5 +244,7 @@ def _build_channels(model: VisionModel, targets: Sequence[Target], references: S
     param: Parameterization
     param = _fourier(model, len(targets), run) if fourier else pixel_param(model, len(targets), run, clip)
     augment = scale_rotate if chosen["augment"] == "scale-rotate" else None
+    engine = objective.engine  # which relevance engine runs, and why: the rule chain and the modified-gradient
+    ran = {} if engine is None else {"relevance_backend": engine.backend, "relevance_reason": engine.reason}
     return Recipe(param, prior_term + objective, settings, augment=augment,
-                  record={"target_layer": target_layer, "matched_layers": upstream, **chosen})
+                  resolved={"target_layer": target_layer, "matched_layers": upstream, **chosen, **ran})

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vital.errors import VitalError, closest
+from vital.models.offline import hf_offline
 from vital.models.weights import (
     checked_weights,
     hub_checkpoint_path,
@@ -28,7 +29,6 @@ from vital.models.weights import (
     reason,
     weights_file,
 )
-from vital.offline import hf_offline
 
 if TYPE_CHECKING:
     from vital.models.presets import Preset

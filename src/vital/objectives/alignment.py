@@ -21,7 +21,7 @@ the neuron's identity, where the upstream layers alone match only textures.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,8 @@ class Alignment(Term):
     def __init__(self, model: VisionModel, layers: Sequence[str], weights: Sequence[float],
                  references: Sequence[ReferenceSet], *, channels: Sequence[int] | Readout | None = None,
                  target_layer: str | None = None, relevance: str = "none", mask: str = "reference",
-                 target_weight: float = 0.0, unweighted: float = 0.0, activation: float = 0.0, chunk: int = 16):
+                 target_weight: float = 0.0, unweighted: float = 0.0, activation: float = 0.0, chunk: int = 16,
+                 relevance_rules: str | Mapping[str, str] | None = None):
         if len(weights) != len(layers):
             raise VitalError(f"{len(layers)} layers but {len(weights)} layer weights; give one weight per layer")
         if relevance not in RELEVANCE_METHODS:
@@ -132,7 +133,7 @@ class Alignment(Term):
         self.engine = None
         if relevance != "none":
             assert target_layer is not None  # checked above
-            self.engine = RelevanceEngine(model.module, target_layer, captured, relevance)
+            self.engine = RelevanceEngine(model.module, target_layer, captured, relevance, rules=relevance_rules)
         self.q: dict[str, torch.Tensor] = {}
         self.q_plain: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}

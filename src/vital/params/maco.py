@@ -19,7 +19,7 @@ The magnitude comes from real images (`maco_magnitude_from_images`, the mean |rf
 channel) or from a file saved with `torch.save` (`load_magnitude`); it is never downloaded.
 
 MACO's other two parts live outside the parameterization:
-  * augmentation (`vital.transforms.crops_with_noise`): each step the loop shows the network `n_crops` random square crops of every image,
+  * augmentation (`vital.run.transforms.crops_with_noise`): each step the loop shows the network `n_crops` random square crops of every image,
     resized to the model's input size, plus Gaussian noise. Published defaults: crops of 0.20-0.25 of the canvas side
     on a large canvas (1280 px in the authors' PyTorch release, 512 px in Xplique), 6 (PyTorch) or 32 (Xplique) crops
     per step, noise std 0.05-0.08 in the model's value range.

@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vital.errors import VitalError, closest
+from vital.outputs.io import file_sha256
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
@@ -49,14 +50,6 @@ def load_rgb(path: str | os.PathLike | IO[bytes]) -> Image.Image:
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             im = im.point(lambda v: v / 256).convert("L")
         return im.convert("RGB")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def as_path(value: object, what: str = "folder") -> Path:
@@ -113,6 +106,19 @@ class ReferenceSet:
             out.append({"file": str(p), "sha256": digest})
         for name, im in self.images:
             out.append({"file": name, "sha256": hashlib.sha256(im.tobytes()).hexdigest()})
+        return out
+
+    def thumbnails(self, n: int) -> list[Image.Image]:
+        """Up to n of the references as images, to show beside a visualization: the in-memory ones first, then
+        files that can be read (an unreadable file is left out, never an error)."""
+        out = [im for _, im in self.images[:n]]
+        for p in self.files:
+            if len(out) >= n:
+                break
+            try:
+                out.append(load_rgb(p))
+            except UNREADABLE:
+                continue
         return out
 
     def load(self, transform, *, strict_count: int | None = None) -> torch.Tensor:

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from vital.errors import VitalError
 from vital.features import FeatureExtractor
-from vital.io import atomic_write, write_json
 from vital.models.zoo import VisionModel
+from vital.outputs.io import atomic_write, write_json
 from vital.references.decode import DeviceDecoder, RawFolder, collate, collate_pixels
 from vital.references.images import UNREADABLE, list_images, load_rgb
 from vital.references.receptive_field import ReceptiveField, effective_fields, receptive_fields

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vital.errors import VitalError
-from vital.io import atomic_write, write_json
+from vital.outputs.io import atomic_write, write_json
 from vital.references.store import MiningStore
 from vital.references.store_files import (
     FILES,

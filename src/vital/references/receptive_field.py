@@ -241,7 +241,7 @@ def _write_cache(entries: dict) -> None:
     try:
         path = cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        from vital.io import write_json
+        from vital.outputs.io import write_json
 
         write_json({**_read_cache(), **entries}, path)
     except OSError:

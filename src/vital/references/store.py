@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vital import display
 from vital.errors import VitalError
-from vital.io import atomic_write
 from vital.models.zoo import VisionModel
+from vital.outputs.io import atomic_write
+from vital.pages import display
 from vital.references.images import ReferenceSet, load_rgb
 from vital.references.store_files import FILES, INDEX, STATE, read_files, read_index
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from vital.confine import relative_name
 from vital.errors import VitalError
-from vital.fields import Fields
-from vital.io import write_json
+from vital.outputs.confine import relative_name
+from vital.outputs.fields import Fields
+from vital.outputs.io import write_json
 
 FORMAT = "vital-mining-store/1"
 INDEX, STATE, FILES = "index.json", "topk.pt", "files.json"

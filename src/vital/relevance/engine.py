@@ -1,6 +1,6 @@
 """Relevance of one target unit per sample, captured at named layers (arXiv 2503.22399).
 
-`RelevanceEngine` chooses a backend once (`vital.relevance.backend.select_backend`: the rule chain, the
+`RelevanceEngine` chooses a backend once (`vital.relevance.choice.select_backend`: the rule chain, the
 modified-gradient rules or guided backprop; docs/relevance-backends.md lists their rules) and runs it. The results
 are detached, non-negative and have the shapes of the layer outputs.
 
@@ -15,13 +15,13 @@ A unit may also be a channel at one position, or a direction (`vital.relevance.r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from vital.errors import VitalError
-from vital.relevance.backend import select_backend
+from vital.relevance.choice import select_backend
 from vital.relevance.readout import Readout, as_readout
 from vital.relevance.zplus import EPS
 
@@ -32,14 +32,17 @@ class RelevanceEngine:
     `features_and_relevance` can share one forward."""
 
     def __init__(self, model: nn.Module, target_layer: str, layers: Sequence[str], method: str = "lrp", *,
-                 eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True):
+                 eps: float = EPS, fold_batchnorm: bool = True, conserve: bool = True,
+                 rules: str | Mapping[str, str] | None = None):
         """`eps`: the stabiliser of every rule. `fold_batchnorm`: fold each BatchNorm that follows a convolution
         into that convolution's z+ rule (canonization); without it BatchNorm passes relevance unchanged, as the
         authors' code does. `conserve`: where a convolution's output has no positive contribution (z+ = 0: a
         filter whose weights are all negative on non-negative inputs), its relevance goes back by the w^2 rule
-        instead of being dropped (the authors' code, and plain z+, drop it). The last three apply to the chain."""
+        instead of being dropped (the authors' code, and plain z+, drop it). `rules`: the rule per layer type, a
+        preset name or a map (`vital.relevance.rule_maps`; default z+ everywhere). The last four apply to the
+        chain."""
         choice = select_backend(model, target_layer, layers, method, eps=eps, fold_batchnorm=fold_batchnorm,
-                                conserve=conserve)
+                                conserve=conserve, rules=rules)
         self.model, self.target_layer, self.method = model, target_layer, method
         self.layers = list(dict.fromkeys(layers))
         self.rules, self.reason = choice.backend, choice.reason

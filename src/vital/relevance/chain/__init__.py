@@ -1,3 +1,1 @@
-"""The LRP rule chain: a model's operations in forward order (`build`), one rule per operation (`rules`), blocks
-with relevance splitting (`blocks`), the supported families' tables (`families`) and the backend that runs it
-(`backend`)."""
+"""The LRP rule chain: a model's operations in forward order, one rule each (build, rules, blocks, families)."""

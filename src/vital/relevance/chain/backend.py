@@ -5,6 +5,8 @@ the same forward."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from vital.relevance import readout
@@ -21,12 +23,12 @@ class ChainRelevance:
     joint_forward = True
 
     def __init__(self, steps: list[Step], target_layer: str, target: int, positions: dict[str, int], method: str,
-                 eps: float, fold_batchnorm: bool, conserve: bool):
+                 eps: float, fold_batchnorm: bool, conserve: bool, rules: Mapping[str, str] | None = None):
         self.steps = steps[:target + 1]
         self.target_layer, self.target_index, self.method = target_layer, target, method
         self.layers = list(positions)
         propagate_chain(self.steps, False)
-        self.folded = configure(self.steps, eps, fold_batchnorm, conserve)
+        self.folded = configure(self.steps, eps, fold_batchnorm, conserve, rules)
         self.stop = min(positions.values())
         self.capture: dict[int, list[str]] = {}
         for n, i in positions.items():

@@ -4,12 +4,12 @@ stabiliser and canonization."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from vital.relevance.chain.rules import EPS, Conv, Pass, Step
+from vital.relevance.chain.rules import EPS, Conv, Linear, Pass, Step
 
 
 def run_forward(steps: Sequence[Step], x: torch.Tensor, keep: bool) -> tuple[torch.Tensor, list]:
@@ -117,20 +117,25 @@ class DenseBlock(Step):
         return nonneg
 
 
-def configure(steps: Sequence[Step], eps: float = EPS, fold: bool = True, fallback: bool = True) -> int:
+def configure(steps: Sequence[Step], eps: float = EPS, fold: bool = True, fallback: bool = True,
+              rules: Mapping[str, str] | None = None) -> int:
     """Set the stabiliser of every step of a chain (blocks included); with `fold`, fold each BatchNorm that
     directly follows a convolution into that convolution's rule (undone with fold=False); with `fallback`, convs
-    send relevance that z+ would drop back by the w^2 rule. Returns the number of BatchNorms folded."""
+    send relevance that z+ would drop back by the w^2 rule; `rules` ({"Conv2d": "z+", "Linear": "epsilon"}, see
+    `vital.relevance.rule_maps`) picks each weighted layer's rule. Returns the number of BatchNorms folded."""
     folded = 0
     for i, step in enumerate(steps):
         step.eps = eps
         if isinstance(step, Conv):
             step.fallback = fallback
+            step.rule = (rules or {}).get("Conv2d", "z+")
+        if isinstance(step, Linear):
+            step.rule = (rules or {}).get("Linear", "z+")
         nxt = steps[i + 1] if i + 1 < len(steps) else None
         if isinstance(step, Conv):
             bn = nxt.fn if isinstance(nxt, Pass) and isinstance(nxt.fn, nn.modules.batchnorm._BatchNorm) else None
             step.fold(bn if fold else None)
             folded += bn is not None and fold
         for sub in step.children():
-            folded += configure(sub, eps, fold, fallback)
+            folded += configure(sub, eps, fold, fallback, rules)
     return folded

@@ -108,6 +108,12 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tupl
     return conv.weight.detach() * scale.view(-1, 1, 1, 1), (bias - bn.running_mean.detach()) * scale + shift
 
 
+def epsilon_ratio(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """r / (z + eps sign(z)), sign(0) = 1: the epsilon rule's share of each output's relevance per unit of its
+    pre-activation (every contribution, negative ones and the bias included)."""
+    return r / (z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype))
+
+
 class _PosNeg:
     """Cached W+ / W- / b+ of one layer, recomputed when the weights change (device move, load, fine-tuning).
     With a BatchNorm folded in (`bn`), W is the folded weight and no bias is kept: the folded bias is a constant
@@ -147,6 +153,7 @@ class Conv(Step):
     dropped, so that a conv conserves relevance."""
 
     fallback = False
+    rule = "z+"  # or "epsilon" (set by `configure` from the rule map)
 
     def __init__(self, name: str | None, conv: nn.Conv2d, pre_pad: Sequence[int] | None = None):
         self.name, self.conv = name, conv
@@ -171,6 +178,10 @@ class Conv(Step):
         return y, (x if keep else None)
 
     def relevance(self, r, a):
+        if self.rule == "epsilon":
+            rin = a * self.geometry.adjoint(epsilon_ratio(r, self.geometry.conv(a, self.conv.weight, self.conv.bias),
+                                                          self.eps), self.conv.weight, a.shape[-2:])
+            return crop(rin, self.pre_pad) if self.pre_pad else rin
         wp, wn, bp = self.params.get(self.signed)
         geo = self.geometry
         r_flat = None
@@ -209,7 +220,9 @@ class Conv(Step):
 
 
 class Linear(Step):
-    """Linear by the z+ rule with the bias zeroed (as the authors' code)."""
+    """Linear by the z+ rule with the bias zeroed (as the authors' code), or by the epsilon rule."""
+
+    rule = "z+"  # or "epsilon" (set by `configure` from the rule map)
 
     def __init__(self, name: str | None, linear: nn.Linear):
         self.name, self.linear = name, linear
@@ -220,6 +233,8 @@ class Linear(Step):
         return self.linear(x), (x if keep else None)
 
     def relevance(self, r, a):
+        if self.rule == "epsilon":
+            return a * (epsilon_ratio(r, self.linear(a), self.eps) @ self.linear.weight)
         wp, wn, _ = self.params.get(self.signed)
         if self.signed:
             ap, an = a.clamp(min=0), a.clamp(max=0)
