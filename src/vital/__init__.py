@@ -3,12 +3,12 @@
 from vital import references
 from vital._version import __version__ as __version__  # from the installed metadata
 from vital.errors import VitalError
-from vital.metrics.evaluation import evaluate  # the metrics themselves: vital.metrics.fid, .kid, .clip, ...
+from vital.metrics.evaluation import Visual, evaluate  # the metrics themselves: vital.metrics.fid, .kid, .clip, ...
 from vital.models import load_model
 from vital.references.mining import MiningStore, mine
 from vital.run.execute import Result, visualize
 from vital.run.repeat import rerun
 from vital.targets import Channel, Class, Direction
 
-__all__ = ["Channel", "Class", "Direction", "MiningStore", "Result", "VitalError", "evaluate", "load_model", "mine",
-           "references", "rerun", "visualize"]
+__all__ = ["Channel", "Class", "Direction", "MiningStore", "Result", "Visual", "VitalError", "evaluate", "load_model",
+           "mine", "references", "rerun", "visualize"]
