@@ -70,11 +70,23 @@ def result_html(result: Result) -> str:
         cells = [img_tag(image, f"{label}: visualization"), img_tag(alpha, f"{label}: transparency map")]
         cells.append(img_tag(strip(thumbs), f"{label}: {len(thumbs)} of {len(refs)} references")
                      if refs is not None and thumbs else "<em>no references</em>")
+        if result.faithfulness:
+            cells.append(_faithfulness_cell(result.faithfulness[i]))
         rows.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     method = html.escape(str(result.record.get("method", "")))
-    head = "<tr><th>target</th><th>visualization</th><th>transparency map</th><th>references</th></tr>"
+    head = ("<tr><th>target</th><th>visualization</th><th>transparency map</th><th>references</th>"
+            + ("<th>faithfulness</th>" if result.faithfulness else "") + "</tr>")
     return (f'<table class="vital-result"><caption>vital result{": " + method if method else ""}, '
             f"{len(result.labels)} image(s)</caption><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _faithfulness_cell(path) -> str:
+    """The path-similarity plot and its summary line, or a dash for an image that was not judged."""
+    from vital.path_plot import path_svg, summary_text
+
+    if path is None:
+        return "<em>not judged</em>"
+    return f"{path_svg(path)}<br><small>{html.escape(summary_text(path))}</small>"
 
 
 def store_html(store: MiningStore, channels: int = STORE_CHANNELS, patches: int = STORE_PATCHES) -> str:
