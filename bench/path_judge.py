@@ -36,13 +36,15 @@ class PathJudge:
 
     def per_neuron(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """visual, floor, ceiling (neurons, layers); share per layer (NaN where the gap < MIN_GAP) and the summary
-        (mean share over the layers that have one) per neuron."""
+        per neuron (the share on the path averaged over layers; NaN where its mean gap < MIN_GAP)."""
         visual = np.stack([self._rho(profiles(self.model, self.layers, images[i:i + 1]), self.anchor[i])
                            for i in range(len(self.channels))])
         floor, ceiling = np.stack(self.floor), np.stack(self.ceiling)
         gap = ceiling - floor
         share = np.where(gap >= MIN_GAP, (visual - floor) / np.where(gap >= MIN_GAP, gap, 1.0), np.nan)
-        summary = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in share])
+        mean_gap = gap.mean(1)
+        summary = np.where(mean_gap >= MIN_GAP, (visual - floor).mean(1) / np.where(mean_gap >= MIN_GAP, mean_gap, 1.0),
+                           np.nan)
         return {"visual": visual, "floor": floor, "ceiling": ceiling, "share": share, "summary": summary}
 
 

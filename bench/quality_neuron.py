@@ -21,8 +21,8 @@ neurons, `bench/intervals.py`):
 - faithfulness: path similarity after Geirhos et al. 2024 (`bench/path_judge.py`, docs/concepts/faithfulness.md):
   per layer from the input to the neuron, the Spearman correlation of per-channel means with half of the neuron's
   held-out references, as a share of the way from the floor (the judging half's least-driving patches) to the
-  ceiling (the other half of its held-out references); mean over layers, then over neurons. "path rho" is the raw
-  correlation, mean over layers; the floor and ceiling rows give theirs.
+  ceiling (the other half of its held-out references), on the path averaged over layers; mean over neurons.
+  "path rho" is the raw correlation, mean over layers; the floor and ceiling rows give theirs.
 Ceiling rows: "patch from the optimisation half" is each neuron's top reference (a real image the optimisation
 matches) judged like a visualization; "held-out patch" is the judging half's own top patch judged against the rest
 of that half's set.
@@ -345,13 +345,14 @@ def main() -> None:
     results["paths"] = path_tables(paths, parts, layers, a.boot)
     for layer in layers:
         print(f"\n{layer} alone ({a.channels} neurons; retrieval chance {100 * chance:.0f}%)")
-        print("| method | activation | retrieval | HF | KID x1000 |\n|---|---|---|---|---|")
+        print("| method | activation | retrieval | HF | KID x1000 | faithfulness | path rho |\n"
+              "|---|---|---|---|---|---|---|")
         for name, ps in parts.items():
             if layer not in ps:
                 continue
             s = summarise([ps[layer]], a.boot)
             print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
-                  f"{fmt(s['kid'], 1)} |")
+                  f"{fmt(s['kid'], 1)} | {fmt(s.get('faithfulness'))} | {fmt(s.get('path_rho'))} |")
             results.setdefault(name, {})[layer] = {**s, "hits": ps[layer]["hit"].tolist(),
                                                    "activation_all": np.round(ps[layer]["activation"], 3).tolist()}
     (out / "results.json").write_text(json.dumps(results, indent=1))

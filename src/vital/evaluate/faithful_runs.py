@@ -27,9 +27,9 @@ from vital.record import RunRecord
 COLUMN = "faithfulness"
 POOL_VIEWS = 3  # seeded views per offline photograph in the default floor pool
 NOTE = ("faithfulness: path similarity after Geirhos et al. 2024 (arXiv 2306.04719): per layer from the input to "
-        "the unit, the Spearman correlation of per-channel mean activations with the unit's references, as a share "
-        "of the way from the floor (the least-driving natural photos) to the ceiling (held-out references); mean "
-        "over layers, per method the mean over its visualizations (docs/concepts/faithfulness.md)")
+        "the unit, the Spearman correlation of per-channel mean activations with the unit's references; the share "
+        "of the way from the floor (the least-driving natural photos) to the ceiling (held-out references) on the "
+        "path averaged over layers, per method the mean over its visualizations (docs/concepts/faithfulness.md)")
 
 
 @dataclass
