@@ -169,3 +169,11 @@ def test_bad_input_is_one_clear_line(world, call, message):
     with pytest.raises(VitalError, match=message) as e:
         call(model, target, refs, floor, fool)
     assert "\n" not in str(e.value)
+
+
+def test_path_plot_escapes_layer_names_and_draws_three_lines():
+    from vital.path_plot import path_svg
+
+    evil = '<script>alert("x")</script>'
+    plot = str(path_svg(PathSimilarity("t", ("a", evil), (0.1, 0.5), (0.0, 0.2), (0.4, 0.9), {"floor": 1})))
+    assert "<script" not in plot and plot.count("<polyline") == 3 and plot.count("<circle") == 6
