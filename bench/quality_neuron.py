@@ -17,7 +17,12 @@ neurons, `bench/intervals.py`):
 - HF: high-frequency share of spectral power (above a quarter of Nyquist), mean over the visualizations over the
   mean over their held-out references (1: as sharp as real patches; pixel noise about 20);
 - KID x1000 (Inception-v3 pool features, unbiased, kernel (x.y/d+1)^3) of the visualizations against every held-out
-  reference patch of their layer, averaged over layers.
+  reference patch of their layer, averaged over layers;
+- faithfulness: path similarity after Geirhos et al. 2024 (`bench/path_judge.py`, docs/concepts/faithfulness.md):
+  per layer from the input to the neuron, the Spearman correlation of per-channel means with half of the neuron's
+  held-out references, as a share of the way from the floor (the judging half's least-driving patches) to the
+  ceiling (the other half of its held-out references), on the path averaged over layers; mean over neurons.
+  "path rho" is the raw correlation, mean over layers; the floor and ceiling rows give theirs.
 Ceiling rows: "patch from the optimisation half" is each neuron's top reference (a real image the optimisation
 matches) judged like a visualization; "held-out patch" is the judging half's own top patch judged against the rest
 of that half's set.
@@ -49,6 +54,7 @@ from vital.references.photos import corpus_source, offline_photo_files, photo_co
 
 sys.path.insert(0, str(Path(__file__).parent))
 from intervals import KIDBootstrap, bootstrap  # noqa: E402
+from path_judge import PathJudge, judging_pool  # noqa: E402
 from sheets import grid  # noqa: E402
 
 # name -> (method, options): the library's default for channels, the alignment alone (the default before issue 19:
@@ -199,7 +205,13 @@ def summarise(parts: list[dict], boot: int) -> dict:
         return float(np.mean(vals)) * 1000
 
     n = len(act)
-    return {"n": n,
+    extra = {}
+    if all("path" in p for p in parts):
+        summ = np.concatenate([p["path"]["summary"] for p in parts])
+        rho = np.concatenate([p["path"]["visual"].mean(1) for p in parts])
+        extra = {"faithfulness": bootstrap(lambda i: float(np.nanmean(summ[i])), n, boot),
+                 "path_rho": bootstrap(lambda i: float(rho[i].mean()), n, boot)}
+    return {"n": n, **extra,
             "activation": bootstrap(lambda i: float(np.median(act[i])), n, boot),
             "retrieval": bootstrap(lambda i: float(hit[i].mean()), n, boot),
             "hf": bootstrap(lambda i: float(hf[i].mean() / hf_refs[i].mean()), n, boot),
@@ -207,7 +219,39 @@ def summarise(parts: list[dict], boot: int) -> dict:
             "chance": float(np.mean([1 / len(p["hit"]) for p in parts]))}
 
 
-def fmt(v: tuple[float, float, float], digits: int = 2, pct: bool = False) -> str:
+def pathed(pj: PathJudge, run: dict, cache: Path) -> dict:
+    """`pj.per_neuron(run images)`, kept in the run's cache file."""
+    if "path" not in run:
+        run["path"] = pj.per_neuron(run["images"])
+        torch.save(run, cache)
+    return run["path"]
+
+
+def path_tables(paths: dict[str, PathJudge], parts: dict[str, dict[str, dict]], layers: list[str], boot: int
+                ) -> dict:
+    """Print the floor and ceiling rows (raw correlation, mean over layers, over every neuron) and, per depth, the
+    mean correlation per layer of the floor, the ceiling and each row with a path; return them."""
+    floor = np.concatenate([np.stack(paths[layer].floor).mean(1) for layer in layers])
+    ceiling = np.concatenate([np.stack(paths[layer].ceiling).mean(1) for layer in layers])
+    out = {"floor": bootstrap(lambda i: float(floor[i].mean()), len(floor), boot),
+           "ceiling": bootstrap(lambda i: float(ceiling[i].mean()), len(ceiling), boot),
+           "gap": bootstrap(lambda i: float((ceiling[i] - floor[i]).mean()), len(floor), boot)}
+    print(f"\npath rho over all neurons: floor (least-driving judging-half patches) {fmt(out['floor'])}, ceiling "
+          f"(held-out references) {fmt(out['ceiling'])}, ceiling - floor {fmt(out['gap'])}")
+    for layer in layers:
+        pj = paths[layer]
+        print(f"\n{layer}: mean rho per layer ({', '.join(pj.layers)})")
+        rows = {"floor": np.stack(pj.floor), "ceiling": np.stack(pj.ceiling),
+                **{name: ps[layer]["path"]["visual"] for name, ps in parts.items() if "path" in ps.get(layer, {})}}
+        for name, values in rows.items():
+            print(f"  {name}: " + " ".join(f"{v:+.2f}" for v in values.mean(0)))
+            out.setdefault("per_layer", {}).setdefault(layer, {})[name] = values.mean(0).round(4).tolist()
+    return out
+
+
+def fmt(v: tuple[float, float, float] | None, digits: int = 2, pct: bool = False) -> str:
+    if v is None:
+        return "–"
     if pct:
         return f"{100 * v[0]:.0f}% [{100 * v[1]:.0f}, {100 * v[2]:.0f}]"
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
@@ -255,7 +299,8 @@ def main() -> None:
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     sheet_rows: list[tuple[str, int]] = []
     sheet_cols: dict[str, list[torch.Tensor]] = {}
-    judges, refs_of = {}, {}
+    judges, refs_of, paths = {}, {}, {}
+    pool = judging_pool(out / f"corpus{a.size}_judge")
     for layer in layers:
         channels, rule = choose_channels(stores["opt"], layer, a.k, a.channels)
         print(f"{layer}: {rule}", flush=True)
@@ -264,7 +309,9 @@ def main() -> None:
         opt01 = [load01(r, a.size) for r in refs]
         lj = judges[layer] = LayerJudge(model, judge, inception, layer, channels, held01,
                                         out / f"judge_{a.model}_{a.size}_{a.k}_{layer.replace('.', '_')}.pt")
-        parts["patch (optimisation half)"][layer] = lj.per_neuron(torch.stack([r[0] for r in opt01]))
+        pj = paths[layer] = PathJudge(model, layer, channels, held01, pool)
+        top_opt = torch.stack([r[0] for r in opt01])
+        parts["patch (optimisation half)"][layer] = {**lj.per_neuron(top_opt), "path": pj.per_neuron(top_opt)}
         parts["held-out patch"][layer] = lj.per_neuron(torch.stack([r[0] for r in held01]), skip_first=True)
         sheet_rows += [(layer, c) for c in channels]
         sheet_cols.setdefault("ref (opt half)", []).extend(r[0] for r in opt01)
@@ -275,7 +322,8 @@ def main() -> None:
             lj = judges[layer]
             run = run_method(model, layer, lj.channels, refs_of[layer], name, a.steps, a.warmup, out)
             seconds[name] += run["seconds"]
-            parts[name][layer] = judged(lj, run, run_cache(out, name, layer, a.steps, a.warmup, a.size), "judged")
+            cache = run_cache(out, name, layer, a.steps, a.warmup, a.size)
+            parts[name][layer] = {**judged(lj, run, cache, "judged"), "path": pathed(paths[layer], run, cache)}
             if layer == ablate[0] or name in main_methods:
                 sheet_cols.setdefault(name, []).extend(run["images"])
             print(f"  {name} {layer}: {run['seconds']:.0f} s, {run['step_ms']:.0f} ms/step", flush=True)
@@ -284,25 +332,27 @@ def main() -> None:
     print(f"\n{len(layers)} layers x {a.channels} neurons; 95% percentile bootstrap over neurons ({a.boot} draws); "
           f"retrieval chance {100 * chance:.0f}%")
     print("| method | activation / held-out ref median | retrieval of its own neuron | HF power vs held-out refs "
-          "| KID x1000 | s per image |")
-    print("|---|---|---|---|---|---|")
+          "| KID x1000 | faithfulness (0 floor, 1 ceiling) | path rho | s per image |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, ps in parts.items():
         if len(ps) < len(layers):
             continue
         s = summarise([ps[layer] for layer in layers], a.boot)
         secs = f"{seconds[name] / s['n']:.0f}" if name in seconds else ""
         print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
-              f"{fmt(s['kid'], 1)} | {secs} |")
+              f"{fmt(s['kid'], 1)} | {fmt(s.get('faithfulness'))} | {fmt(s.get('path_rho'))} | {secs} |")
         results[name] = {"all": s}
+    results["paths"] = path_tables(paths, parts, layers, a.boot)
     for layer in layers:
         print(f"\n{layer} alone ({a.channels} neurons; retrieval chance {100 * chance:.0f}%)")
-        print("| method | activation | retrieval | HF | KID x1000 |\n|---|---|---|---|---|")
+        print("| method | activation | retrieval | HF | KID x1000 | faithfulness | path rho |\n"
+              "|---|---|---|---|---|---|---|")
         for name, ps in parts.items():
             if layer not in ps:
                 continue
             s = summarise([ps[layer]], a.boot)
             print(f"| {name} | {fmt(s['activation'])} | {fmt(s['retrieval'], pct=True)} | {fmt(s['hf'])} | "
-                  f"{fmt(s['kid'], 1)} |")
+                  f"{fmt(s['kid'], 1)} | {fmt(s.get('faithfulness'))} | {fmt(s.get('path_rho'))} |")
             results.setdefault(name, {})[layer] = {**s, "hits": ps[layer]["hit"].tolist(),
                                                    "activation_all": np.round(ps[layer]["activation"], 3).tolist()}
     (out / "results.json").write_text(json.dumps(results, indent=1))

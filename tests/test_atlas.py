@@ -1,6 +1,6 @@
 """The atlas on 520 neurons of a small random network: every page, link and image resolves, in headless Chromium
-every thumbnail of a layer page loads and the channel filter works, a rebuild redoes only what changed; and circuit
-shares against an explicit z+ computation."""
+every thumbnail of a layer page loads and the channel filter works, a neuron page's path-similarity plot draws, a
+rebuild redoes only what changed; and circuit shares against an explicit z+ computation."""
 
 from __future__ import annotations
 
@@ -28,14 +28,17 @@ CHROMIUM = Path("/usr/bin/chromium")
 WIDE = 520
 
 
+def wide_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, WIDE, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDE, 10))
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A store of every channel of a 520-channel layer, 40 of them visualised in one run, and a circuit."""
     root = tmp_path_factory.mktemp("atlas")
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, WIDE, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDE, 10))
-    model = load_model(net, size=32, name="wide")
+    model = load_model(wide_net(), size=32, name="wide")
     photos = root / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -119,9 +122,9 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-def chromium_check(page: Path, tmp_path: Path) -> dict:
+def chromium_check(page: Path, tmp_path: Path, script: str = CHECK) -> dict:
     check = page.with_name("check.html")
-    check.write_text(page.read_text().replace("</body>", CHECK + "</body>"))
+    check.write_text(page.read_text().replace("</body>", script + "</body>"))
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--allow-file-access-from-files",
            f"--user-data-dir={tmp_path / 'chr'}", "--virtual-time-budget=20000", "--dump-dom", check.as_uri()]
@@ -140,6 +143,59 @@ def test_layer_page_in_headless_chromium(site, tmp_path):
     assert result["shown"] == [*range(10, 20), 300]
     finals = {int(k): v for k, v in _final_losses(root).items()}
     assert result["first"] == sorted(finals, key=lambda c: -finals[c])[:3]  # highest final loss first
+
+
+@pytest.fixture(scope="module")
+def faith_site(site, tmp_path_factory):
+    """The same sources with --faithfulness: each visualised neuron's path similarity."""
+    root, _ = site
+    out = tmp_path_factory.mktemp("faith") / "site"
+    model = load_model(wide_net(), size=32, name="wide")
+    build_atlas(out, [root / "runs", root / "store", root / "circ"], progress=False, faithfulness=True, model=model)
+    return root, out, model
+
+
+def test_faithfulness_on_neuron_pages_and_the_layer_table(faith_site):
+    root, out, model = faith_site
+    from vital.metrics.faithful_runs import natural_pool, score_runs
+
+    want = {s.path.target: s.path for s in score_runs([root / "runs" / "layer3"], model, "cpu", natural_pool())}
+    neuron = (out / "neurons" / "3" / "5.html").read_text()
+    assert "Path similarity" in neuron and neuron.count('<svg class="path-plot"') == 1
+    assert neuron.count("<polyline") == 3
+    summary = want["3:5"].summary
+    assert f"faithfulness {summary:.2f}" in neuron
+    layer = (out / "layers" / "3.html").read_text()
+    assert len(re.findall(r'data-faithfulness="[-0-9.e]+"', layer)) == sum(
+        p.summary is not None for p in want.values())
+    index = (out / "index.html").read_text()
+    values = [p.summary for p in want.values() if p.summary is not None]
+    assert f"<td>{sum(values) / len(values):.2f} (n = {len(values)})</td>" in index
+    pages = {p: p.stat().st_mtime_ns for p in (out / "neurons").rglob("*.html")}
+    cached = json.loads((out / "atlas.json").read_text())["faithfulness"]
+    build_atlas(out, [root / "runs", root / "store", root / "circ"], progress=False, faithfulness=True, model=model)
+    assert json.loads((out / "atlas.json").read_text())["faithfulness"] == cached
+    assert all(p.stat().st_mtime_ns == t for p, t in pages.items())  # nothing changed: nothing rewritten
+
+
+PLOT_CHECK = """<script>
+window.addEventListener('load', () => {
+  const svg = document.querySelector('svg.path-plot');
+  const lines = svg ? [...svg.querySelectorAll('polyline')].map(p => [p.getAttribute('class'),
+    p.getBBox().width, p.getTotalLength()]) : [];
+  document.body.setAttribute('data-check', JSON.stringify({found: !!svg,
+    width: svg ? svg.getBoundingClientRect().width : 0, lines}));
+});
+</script>"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium")
+def test_path_plot_renders_in_headless_chromium(faith_site, tmp_path):
+    _, out, _ = faith_site
+    result = chromium_check(out / "neurons" / "3" / "5.html", tmp_path, PLOT_CHECK)
+    assert result["found"] and result["width"] > 100
+    assert [c for c, _, _ in result["lines"]] == ["ceiling", "visual", "floor"]
+    assert all(w > 50 and length > 50 for _, w, length in result["lines"])
 
 
 def _final_losses(root: Path) -> dict[int, float]:

@@ -125,3 +125,22 @@ def test_eval_table_is_an_escaped_html_table():
     assert cells[:3] == ["method", "top-1", EVIL]
     assert ["vital", "80.0", "–", EVIL, "12.5", "–"] == cells[3:9]
     assert f"note {EVIL}" in cells
+
+
+def test_result_shows_its_faithfulness_once_judged():
+    """After `score_result`, each row gains the path plot and its summary; an image without references says so."""
+    from vital.metrics.faithful_runs import score_result
+
+    model = _model()
+    res = vital.visualize(model, [vital.Class(1), vital.Class(2)], [_refs(6, 0), None], method="fourier", steps=2,
+                          progress=False)
+    assert "faithfulness" not in res._repr_html_()  # not computed: not shown
+    pool = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    paths = score_result(res, model, pool)
+    assert paths[1] is None and paths[0] is not None
+    page = Page(res._repr_html_())
+    assert [t for t, a in page.tags if t == "svg" and a.get("class") == "path-plot"] == ["svg"]
+    text = " ".join(page.text)
+    summary = paths[0].summary
+    assert ("faithfulness none" if summary is None else f"faithfulness {summary:.2f}") in text
+    assert "not judged" in text

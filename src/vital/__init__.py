@@ -3,7 +3,10 @@
 from vital import references
 from vital._version import __version__ as __version__  # from the installed metadata
 from vital.errors import VitalError
-from vital.metrics.evaluation import Visual, evaluate  # the metrics themselves: vital.metrics.fid, .kid, .clip, ...
+from vital.metrics.evaluation import (  # the metrics themselves: vital.metrics.fid, .kid, .clip, ...
+           Visual,
+           evaluate,
+)
 from vital.models import load_model
 from vital.references.mining import MiningStore, mine
 from vital.run.execute import Result, visualize

@@ -57,13 +57,13 @@ def visuals_from_runs(run_dirs: Sequence[Path]) -> list[Visual]:
         for o in rec.outputs:
             t = rec.target_of(o).target
             if isinstance(t, Class):
-                alpha = _output(d, o.transparency, rec) if o.transparency else None
-                out.append(Visual(_output(d, o.image, rec), t.index, rec.method, rec.model.name, alpha,
+                alpha = output_path(d, o.transparency, rec) if o.transparency else None
+                out.append(Visual(output_path(d, o.image, rec), t.index, rec.method, rec.model.name, alpha,
                                   o.label))
     return out
 
 
-def _output(run_dir: str | os.PathLike, name: str, rec: RunRecord) -> Path:
+def output_path(run_dir: str | os.PathLike, name: str, rec: RunRecord) -> Path:
     """A file a run record names, inside its run folder (`vital.outputs.confine`)."""
     return Path(run_dir) / relative_name(name, rec.path or run_dir, "output")
 
@@ -84,7 +84,7 @@ def run_metrics(table: EvalTable, run_dirs: Sequence[Path]) -> dict[str, dict[st
     out = {}
     for d in run_dirs:
         rec = RunRecord.read(d)
-        out[str(d)] = {o.image: by_image.get(str(_output(d, o.image, rec)), {}) for o in rec.outputs}
+        out[str(d)] = {o.image: by_image.get(str(output_path(d, o.image, rec)), {}) for o in rec.outputs}
     return out
 
 

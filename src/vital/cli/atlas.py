@@ -14,6 +14,8 @@ def add(sub) -> None:
     at.add_argument("sources", nargs="+", help="batch outputs, run folders, circuit folders and mining stores")
     at.add_argument("--kid", action="store_true", help="each layer's KID of its visualizations against their own top "
                                                        "patches (Inception features; cached)")
+    at.add_argument("--faithfulness", action="store_true", help="each neuron's path similarity with its references "
+                    "(a plot on its page, the layer's mean on the index; cached)")
     at.add_argument("--quiet", "-q", action="store_true")
     at.set_defaults(func=run)
 
@@ -23,6 +25,7 @@ def run(a: argparse.Namespace) -> int:
     from vital.pages.atlas import build_atlas
 
     with RunFolder(a.out, kind=NAME, in_place=True) as folder:  # its own folder is updated where it stands
-        index = folder.commit(lambda out: build_atlas(out, a.sources, progress=not a.quiet, kid=a.kid))
+        index = folder.commit(lambda out: build_atlas(out, a.sources, progress=not a.quiet, kid=a.kid,
+                                                                 faithfulness=a.faithfulness))
     print(f"atlas: {index}")
     return 0

@@ -1,4 +1,5 @@
-"""`vital eval`: judge the class visualizations of run folders (top-k, CLIP, FID and KID)."""
+"""`vital eval`: judge the visualizations of run folders (classes: top-k, CLIP, FID and KID; classes and neurons:
+path similarity with --faithfulness)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def add(sub) -> None:
                                                  "folder, a folder of images, or offline")
     ev.add_argument("--refs-flat", action="store_true")
     ev.add_argument("-n", type=int, default=50, help="real images per class")
+    ev.add_argument("--faithfulness", action="store_true", help="path similarity of every class and neuron "
+                    "visualization with its references, from floor (0) to ceiling (1); docs/concepts/faithfulness.md")
+    ev.add_argument("--floor", default=None, help="a folder of natural images for --faithfulness's floor (default: "
+                                                  "views of the offline photos)")
     add_out(ev)
     ev.set_defaults(func=run)
 
@@ -38,8 +43,9 @@ def _runs(a: argparse.Namespace) -> tuple[list[Path], list]:
         if not (d / RECORD).is_file():
             raise VitalError(f"{d} is not a run folder (no {RECORD}); pass folders written by vital class/compare")
     visuals = visuals_from_runs(runs)
-    if not visuals:
-        raise VitalError("the run folders hold no class visualizations to evaluate")
+    if not visuals and not a.faithfulness:
+        raise VitalError("the run folders hold no class visualizations to evaluate; neuron runs are judged with "
+                         "--faithfulness")
     if a.fid and not a.refs:
         raise VitalError("--fid compares with real images of each class: pass them with --refs (a class folder, a "
                          "folder of one class's images, or offline)")
@@ -75,7 +81,13 @@ def _write(a: argparse.Namespace, runs: list[Path], visuals: list, model, real, 
 
     table = evaluate(visuals, model, classifiers=parse_names(a.judges), real_images=real, fid=a.fid,
                      clip_weights=a.clip_weights, embedding_path=out / "embedding.png", device=dev,
-                     progress=not a.quiet)
+                     progress=not a.quiet) if visuals else None
+    if a.faithfulness:
+        from vital.metrics.faithful_runs import add_faithfulness, folder_pool, score_runs
+
+        pool = folder_pool(a.floor) if a.floor else None
+        table = add_faithfulness(table, score_runs(runs, model, dev, pool, progress=not a.quiet))
+    assert table is not None
     metrics = run_metrics(table, runs)
     write_json(metrics, out / "metrics.json")
     write_gallery(out, gallery_from_runs(runs, metrics), table=table)

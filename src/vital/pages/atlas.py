@@ -83,6 +83,7 @@ class Atlas:
         self.neurons: dict[tuple[str, int], Neuron] = {}
         self.stores: list[Any] = []
         self.models: set[str] = set()
+        self.paths: dict[str, dict[str, Any]] = {}  # "layer:channel" -> path similarity, with --faithfulness
         for src in sources:
             self._scan(Path(src))
         if not self.neurons and not self.stores:
@@ -174,7 +175,7 @@ class Atlas:
         r = kid(vis, real)
         return {"key": key, "mean": r.mean, "std": r.std, "n_vis": r.n_a, "n_real": r.n_b}
 
-    def build(self, progress: bool = True, kid: bool = False) -> Path:
+    def build(self, progress: bool = True, kid: bool = False, faithfulness: bool = False, model: Any = None) -> Path:
         out = ensure_writable(self.out)
         assets = out / "assets"
         assets.mkdir(exist_ok=True)
@@ -183,6 +184,17 @@ class Atlas:
         manifest_path = out / "atlas.json"
         old = _read(manifest_path) if manifest_path.is_file() else {}
         built = dict(old.get("neurons", {})) if isinstance(old, dict) and old.get("format") == FORMAT else {}
+        faith_runs = {}
+        if faithfulness:  # before the pages: the summary is a metric of the cards and part of a page's signature
+            from vital.pages.atlas_faith import by_neuron, neuron_paths
+
+            faith_runs = neuron_paths(self.neurons.values(), old.get("faithfulness", {}) if isinstance(old, dict)
+                                      else {}, model, progress)
+            self.paths = by_neuron(faith_runs)
+            for (layer, c), n in self.neurons.items():
+                summary = self.paths.get(f"{layer}:{c}", {}).get("summary")
+                if summary is not None:
+                    n.metrics["faithfulness"] = float(summary)
         layers = self.layers()
         todo = [(layer, c) for layer in layers for c in self.channels(layer)]
         rows = []
@@ -204,11 +216,11 @@ class Atlas:
                                     ) if kid else None
             if score is not None:
                 kids[layer] = score
-            rows.append((layer, len(cards), visualised, score))
+            rows.append((layer, len(cards), visualised, score, self._layer_faith(layer) if faithfulness else ""))
             self._layer_page(layer, cards)
         bar.close()
         self._index(rows)
-        write_json({"format": FORMAT, "neurons": built, "kid": kids}, manifest_path)
+        write_json({"format": FORMAT, "neurons": built, "kid": kids, "faithfulness": faith_runs}, manifest_path)
         return out / "index.html"
 
     def _signature(self, layer: str, c: int) -> list:
@@ -223,7 +235,8 @@ class Atlas:
             if f is not None and Path(f).is_file():
                 st = Path(f).stat()
                 out.append([str(f), st.st_size, st.st_mtime_ns])
-        return out
+        path = self.paths.get(f"{layer}:{c}")
+        return out + ([["faithfulness", path["summary"], path["visual"]]] if path is not None else [])
 
     def _thumb(self, layer: str, c: int) -> tuple[str, bool]:
         """The card's image (relative to the site root) and whether it is the visualization (else a patch)."""
@@ -321,13 +334,27 @@ class Atlas:
         _page("atlas_neuron.html", page, f"{layer}:{c} · vital atlas", 2, layer=layer, channel=c,
               layer_href=f"{up}layers/{url(safe_name(layer))}.html", figures=figures,
               metrics=" · ".join(f"{k} {v:.4g}" for k, v in n.metrics.items()) if n is not None else "",
-              patches=patches, circuit=circuit, record=record, relevance=relevance)
+              patches=patches, circuit=circuit, record=record, relevance=relevance,
+              path_plot=self._path_plot(layer, c))
 
-    def _index(self, rows: list[tuple[str, int, int, dict | None]]) -> None:
+    def _path_plot(self, layer: str, c: int) -> dict[str, Any] | None:
+        from vital.pages.path_plot import path_svg, summary_text
+
+        path = self.paths.get(f"{layer}:{c}")
+        return None if path is None else {"svg": path_svg(path), "text": summary_text(path)}
+
+    def _layer_faith(self, layer: str) -> str:
+        from vital.pages.atlas_faith import layer_mean
+
+        mean, n = layer_mean(self.paths, layer)
+        return "" if mean is None else f"{mean:.2f} (n = {n})"
+
+    def _index(self, rows: list[tuple[str, int, int, dict | None, str]]) -> None:
         model = next(iter(self.models), "")
         shown = [{"layer": layer, "href": f"layers/{url(safe_name(layer))}.html", "channels": n, "visualised": v,
                   "kid": "" if k is None else f"{100 * k['mean']:.2f} ± {100 * k['std']:.2f} "
-                                              f"(n = {k['n_vis']} / {k['n_real']})"} for layer, n, v, k in rows]
+                                              f"(n = {k['n_vis']} / {k['n_real']})", "faithfulness": f}
+                 for layer, n, v, k, f in rows]
         _page("atlas_index.html", self.out / "index.html", f"vital atlas · {model}", 0, model=model, rows=shown)
 
 
@@ -354,7 +381,9 @@ def _js_key(key: str) -> str:
 
 
 def build_atlas(out: str | os.PathLike, sources: Sequence[str | os.PathLike], progress: bool = True,
-                kid: bool = False) -> Path:
+                kid: bool = False, faithfulness: bool = False, model: Any = None) -> Path:
     """Build (or update) the atlas in `out` from `sources`; returns its index.html. `kid`: each layer's KID of its
-    visualizations against their own top patches (Inception features: slower; cached between builds)."""
-    return Atlas(out, sources).build(progress, kid)
+    visualizations against their own top patches (Inception features: slower; cached between builds).
+    `faithfulness`: each neuron's path similarity (a plot on its page, the layer's mean on the index; cached), with
+    `model` (a `VisionModel`) or else each run's own model loaded from its record."""
+    return Atlas(out, sources).build(progress, kid, faithfulness, model)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from vital.errors import VitalError
 from vital.outputs.io import checkerboard, to_uint8
+from vital.pages.path_plot import path_svg, summary_text
 from vital.pages.render import render
 
 if TYPE_CHECKING:
@@ -67,11 +68,14 @@ def result_html(result: Result) -> str:
         alpha = on_checkerboard(Image.fromarray(result.transparency(i), "RGBA").resize((SIZE, SIZE)))
         refs = result.references[i]
         thumbs = refs.thumbnails(REFERENCES) if refs is not None else []
+        path = result.faithfulness[i] if result.faithfulness else None
         rows.append({"label": label, "image": inline(image, f"{label}: visualization"),
                      "alpha": inline(alpha, f"{label}: transparency map"),
                      "references": inline(strip(thumbs), f"{label}: {len(thumbs)} of {len(refs)} references")
-                     if refs is not None and thumbs else None})
-    return render("jupyter_result.html", method=str(result.record.get("method", "")), rows=rows).strip()
+                     if refs is not None and thumbs else None,
+                     "path": None if path is None else {"svg": path_svg(path), "text": summary_text(path)}})
+    return render("jupyter_result.html", method=str(result.record.get("method", "")), rows=rows,
+                  faithfulness=bool(result.faithfulness)).strip()
 
 
 def store_html(store: MiningStore, channels: int = STORE_CHANNELS, patches: int = STORE_PATCHES) -> str:

@@ -37,6 +37,7 @@ class Result:
     run: RunRecord | None = None  # what was run, as its run folder keeps it (`vital.outputs.record`)
     paths: dict[str, list[Path]] = field(default_factory=dict)
     copies: list[int] = field(default_factory=list)  # each image's copy number, when targets have several
+    faithfulness: list = field(default_factory=list)  # per image, its PathSimilarity once judged (faithful_runs)
 
     @property
     def record(self) -> dict:

@@ -19,10 +19,11 @@ from vital.outputs.record import ModelEntry, ReferenceEntry, RunRecord
 from vital.references.images import ReferenceSet
 from vital.run.execute import Result, visualize
 
-__all__ = ["references_from_record", "reproducibility", "rerun"]
+__all__ = ["references_from_record", "reproducibility", "rerun", "weights_argument"]
 
 
-def _weights(model: ModelEntry) -> str | None:
+def weights_argument(model: ModelEntry) -> str | None:
+    """The `weights` argument of `load_model` that gives back the recorded model (None: a seeded random net)."""
     w = model.weights
     if w == RANDOM_ID:
         return None
@@ -98,7 +99,7 @@ def rerun(record: str | os.PathLike | dict | RunRecord, device: str | None = Non
         run = RunRecord.from_json(record)
     else:
         run = RunRecord.read(record)
-    recorded_weights = _weights(run.model)
+    recorded_weights = weights_argument(run.model)
     targets = [t.target for t in run.targets]
     refs = [references_from_record(e) for e in run.references]
     model = load_model(run.model.name, weights or recorded_weights, device or "cpu")
