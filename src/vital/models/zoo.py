@@ -325,20 +325,23 @@ def load_model(
     *,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
-    size: int = 224,
+    size: int | None = None,
     resize: int | None = None,
     name: str | None = None,
     categories: list[str] | None = None,
 ) -> VisionModel:
     """Load a model by name (efficientnet_lite0/1/2, any torchvision classifier, `timm:NAME` or a timm name) or wrap
     an `nn.Module` with explicit preprocessing. `weights`: "default" (pretrained, from disk), None (random), a
-    torchvision weights name such as "IMAGENET1K_V2", or a file path."""
+    torchvision weights name such as "IMAGENET1K_V2", or a file path. `size`: the input size (default: the named
+    model's own, 224 for a module), `resize` the shorter side before the centre crop (default: in the model's own
+    proportion)."""
     device = resolve_device(device) if isinstance(device, str) else device
     if isinstance(model, VisionModel):
         return model.to(device)
     if isinstance(model, nn.Module):
+        side = size or 224
         vm = VisionModel(model, name or type(model).__name__.lower(), "custom", mean=_triple(mean), std=_triple(std),
-                         size=size, resize=resize or round(size / 0.875), categories=categories)
+                         size=side, resize=resize or round(side / 0.875), categories=categories)
         return vm.to(device)
     if not isinstance(model, str):
         raise VitalError(f"model must be a name or an nn.Module, got {type(model).__name__}")
@@ -355,6 +358,10 @@ def load_model(
     else:
         names = [*LITE, *_torchvision_names(), *_timm_names()]
         raise VitalError(f"unknown model '{model}'.{closest(key, names)} `vital models` lists them all.")
+    if size is not None and size != vm.size:  # the same crop proportion at another size
+        vm.size, vm.resize = size, resize or round(size * vm.resize / vm.size)
+    elif resize is not None:
+        vm.resize = resize
     return vm.to(device)
 
 
