@@ -130,5 +130,12 @@ def shuffled_retrieval(images: np.ndarray, sets: list[np.ndarray], candidates: i
     return total / draws
 
 
+def medoid(features: np.ndarray) -> np.ndarray:
+    """The member of a set (rows) with the highest mean cosine to the other members: the set's most typical image."""
+    unit = _unit(features)
+    sim = unit @ unit.T
+    return features[int((sim.sum(1) - np.diag(sim)).argmax())]
+
+
 def chance(n_sets: int, candidates: int = CANDIDATES) -> float:
     return 1 / min(candidates, n_sets)

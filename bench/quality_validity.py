@@ -13,6 +13,8 @@ docstring): per layer an independent network's block at the same relative depth,
 the depth, pooled features above; retrieval among 16 candidate sets of the same layer, exact over the draws
 (chance 6%). Rows, each a mean over neurons with a 95% percentile bootstrap interval:
 - real patch: the optimisation half's top patch against the judging half's top-k sets;
+- typical real patch (medoid): the optimisation half's top-k patch closest on average to the others of its set in
+  the judge's features (added after the first run, as a diagnostic: a visualization matches the whole set);
 - 2nd real patch: its second patch (a second "method" close to the first: the paired interval of the two shows how
   many neurons a 10-point difference needs);
 - held-out patch (ceiling): the judging half's top patch against the rest of its own set and the other sets;
@@ -53,6 +55,7 @@ from layer_judges import (  # noqa: E402
     judge_features,
     judge_for,
     judge_network,
+    medoid,
     retrieval,
     shuffled_retrieval,
 )
@@ -108,14 +111,14 @@ def choose(store, layer: str, k: int, cap: int) -> list[int]:
 
 
 def layer_features(store_opt, store_judge, layer, channels, k, size, judge, spec: JudgeSpec, cache: Path) -> dict:
-    """Judge features (layer judge and issue 19's penultimate) of each neuron's two top patches of the optimisation
-    half and its top-k of the judging half; kept on disk per layer, channels, k and judge."""
-    key = {"layer": layer, "channels": channels, "k": k, "spec": spec.__dict__, "size": size}
+    """Judge features (layer judge and issue 19's penultimate) of each neuron's top-k patches of the optimisation
+    half and of the judging half; kept on disk per layer, channels, k and judge."""
+    key = {"layer": layer, "channels": channels, "k": k, "spec": spec.__dict__, "size": size, "opt_n": k}
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)
         if saved["key"] == key:
             return saved
-    opt = [load01(store_opt.references(layer, c, kind="patches", n=2), size) for c in channels]
+    opt = [load01(store_opt.references(layer, c, kind="patches", n=k), size) for c in channels]
     held = [load01(store_judge.references(layer, c, kind="patches", n=k), size) for c in channels]
     everything = torch.cat([*opt, *held])
     feats = judge_features(judge, spec, everything)
@@ -124,7 +127,7 @@ def layer_features(store_opt, store_judge, layer, channels, k, size, judge, spec
     split = np.cumsum([len(x) for x in [*opt, *held]])[:-1]
     saved = {"key": key, "opt": np.split(feats, split)[:n], "held": np.split(feats, split)[n:],
              "opt_pen": np.split(pen, split)[:n], "held_pen": np.split(pen, split)[n:],
-             "thumbs": [torch.cat([o, h[:3]]) for o, h in zip(opt, held, strict=True)]}
+             "thumbs": [torch.cat([o[:2], h[:3]]) for o, h in zip(opt, held, strict=True)]}
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(saved, cache)
     return saved
@@ -137,6 +140,7 @@ def rows_of(f: dict) -> dict[str, np.ndarray]:
     return {"real patch": retrieval(top1, f["held"]),
             "2nd real patch": retrieval(top2, f["held"]),
             "held-out patch (ceiling)": retrieval(np.stack([h[0] for h in f["held"]]), [h[1:] for h in f["held"]]),
+            "typical real patch (medoid)": retrieval(np.stack([medoid(o) for o in f["opt"]]), f["held"]),
             "chance (shuffled)": shuffled_retrieval(top1, f["held"]),
             "real patch, issue 19's judge": retrieval(np.stack([o[0] for o in f["opt_pen"]]), f["held_pen"])}
 
@@ -160,6 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--targets", default=TARGETS)
+    ap.add_argument("--only", default="", help="judge only these of the targets' layers (mining still covers all)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--channels", type=int, default=96, help="at most this many neurons per layer")
     ap.add_argument("-k", type=int, default=12, help="held-out reference patches per neuron")
@@ -202,7 +207,7 @@ def judge_model(a, name: str, layers: list[str], folders: dict[str, Path]) -> di
     judge = vital.load_model(judge_network(name), size=a.size)
     spec_of = partial(judge_for, name, target_blocks=count_blocks(model), judge_blocks=count_blocks(judge))
     out = {}
-    for layer in layers:
+    for layer in [x for x in layers if not a.only or x in a.only.split(",")]:
         spec = spec_of(layer)
         channels = choose(stores["opt"], layer, a.k, a.channels)
         f = layer_features(stores["opt"], stores["judge"], layer, channels, a.k, a.size, judge, spec,

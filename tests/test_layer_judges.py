@@ -15,6 +15,7 @@ from layer_judges import (  # noqa: E402
     hit_probability,
     judge_features,
     judge_for,
+    medoid,
     pooled,
     retrieval,
     shuffled_retrieval,
@@ -97,3 +98,11 @@ def test_shuffled_row_is_chance_for_two_sets():
     images = np.array([[1.0, 0.2], [0.1, 1.0]])
     assert np.allclose(shuffled_retrieval(images, sets, candidates=16, draws=5), [0.0, 0.0])
     assert np.allclose(retrieval(images, sets), [1.0, 1.0])
+
+
+def test_medoid_is_the_member_closest_on_average_to_the_others():
+    feats = np.random.default_rng(4).normal(size=(6, 4))
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    mean_to_others = [np.mean([cos(feats[i], feats[j]) for j in range(6) if j != i]) for i in range(6)]
+    assert np.allclose(medoid(feats), feats[int(np.argmax(mean_to_others))])
+    assert np.allclose(medoid(3 * feats), 3 * feats[int(np.argmax(mean_to_others))])
