@@ -100,7 +100,9 @@ def score_runs(run_dirs: Sequence[str | os.PathLike], model: VisionModel | None 
     models: dict[str, VisionModel] = {}
     for d in tqdm([Path(r) for r in run_dirs], desc="faithfulness", unit="run", disable=not progress):
         rec = RunRecord.read(d)
-        net = model or models.setdefault(rec.model.name, run_model(rec, device))
+        if model is None and rec.model.name not in models:  # each network loaded once, not once per run
+            models[rec.model.name] = run_model(rec, device)
+        net = model or models[rec.model.name]
         refs_of: dict[int, torch.Tensor] = {}
         for o in rec.outputs:
             entry = rec.target_of(o)

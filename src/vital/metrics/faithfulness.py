@@ -185,10 +185,25 @@ def path_similarity(model: VisionModel, target: Target, images: Images, referenc
                            "floor": len(low)})
 
 
+def _unit_vector(target: Channel | Direction, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """(C,) the unit as a direction over the layer's channels: a one-hot for a channel."""
+    if isinstance(target, Channel):
+        if not 0 <= target.channel < channels:
+            raise VitalError(f"channel {target.channel} is out of range: '{target.layer}' has {channels} channels")
+        return torch.nn.functional.one_hot(torch.tensor(target.channel, device=like.device), channels).to(like.dtype)
+    if len(target.vector) != channels:
+        raise VitalError(f"the direction has {len(target.vector)} entries but '{target.layer}' has {channels} "
+                         "channels")
+    return torch.tensor(target.vector, device=like.device, dtype=like.dtype)
+
+
 def unit_response(model: VisionModel, target: Target, images: Images) -> torch.Tensor:
     """(N,) how strongly each image drives the unit: a class's logit, a channel's (or a direction's readout's)
     maximum over positions."""
+    if not isinstance(target, (Class, Channel, Direction)):
+        raise VitalError(f"unsupported target {target!r}: use vital.Class(k) or vital.Channel(layer, c)")
     xs = _inputs(model, images)
+    extract = None if isinstance(target, Class) else FeatureExtractor(model.module, [target.layer], view="positions")
     out = []
     with torch.no_grad():
         for i in range(0, len(xs), BATCH):
@@ -196,20 +211,10 @@ def unit_response(model: VisionModel, target: Target, images: Images) -> torch.T
             if isinstance(target, Class):
                 out.append(model(x)[:, target.index].float().cpu())
                 continue
-            if not isinstance(target, (Channel, Direction)):
-                raise VitalError(f"unsupported target {target!r}: use vital.Class(k) or vital.Channel(layer, c)")
-            act = FeatureExtractor(model.module, [target.layer], view="positions")(x)[target.layer]
-            if isinstance(target, Channel):
-                if not 0 <= target.channel < act.shape[1]:
-                    raise VitalError(f"channel {target.channel} is out of range: '{target.layer}' has "
-                                     f"{act.shape[1]} channels")
-                out.append(act[:, target.channel].amax(dim=-1).float().cpu())
-            else:
-                v = torch.tensor(target.vector, device=act.device, dtype=act.dtype)
-                if v.numel() != act.shape[1]:
-                    raise VitalError(f"the direction has {v.numel()} entries but '{target.layer}' has "
-                                     f"{act.shape[1]} channels")
-                out.append(torch.einsum("c,bcp->bp", v, act).amax(dim=-1).float().cpu())
+            assert extract is not None
+            act = extract(x)[target.layer]
+            unit = _unit_vector(target, act.shape[1], act)
+            out.append(torch.einsum("c,bcp->bp", unit, act).amax(dim=-1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -87,7 +87,7 @@ def loss_curve(history: torch.Tensor, points: int = LOSS_CURVE_POINTS) -> list[f
 
 def versions(device: torch.device | str | None = None) -> dict:
     """What decides a run's rounding besides its options: the builds, and the processor that ran it (see
-    `machine`). A rerun compares them with its own (`vital.rerun.reproducibility`)."""
+    `machine`). A rerun compares them with its own (`vital.run.repeat.reproducibility`)."""
     import torchvision
 
     return {"vital": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
